@@ -1,0 +1,87 @@
+//! One cached upstream message, with everything a response needs computed once at arrival.
+
+use base64::Engine;
+use bytes::Bytes;
+use sha1::{Digest, Sha1};
+use std::time::Instant;
+
+/// A message as cached: shared by every response that carries it (serialised once, not per poll).
+#[derive(Debug)]
+pub struct Message {
+    /// Gateway sequence number, unique and increasing within a topic.
+    pub seq: u64,
+    /// The cursor clients see for this message: the `id_pointer` value, or `seq`.
+    pub cursor: String,
+    /// The payload, byte for byte as received (or the `payload_pointer` part).
+    pub payload: Bytes,
+    /// Strong validator from the payload's content: every replica computes the same one.
+    pub etag: String,
+    /// The payload as an element of a since-mode JSON array.
+    pub json: Bytes,
+    pub received: Instant,
+    /// Messages may be missing right before this one (the subscription was interrupted).
+    pub gap_before: bool,
+}
+
+/// `"` + 32 hex digits of SHA-1 + `"`: content-derived, so identical across replicas.
+pub fn etag_for(payload: &[u8]) -> String {
+    let digest = Sha1::digest(payload);
+    let mut s = String::with_capacity(34);
+    s.push('"');
+    for b in &digest[..16] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s.push('"');
+    s
+}
+
+/// A payload as a JSON value: itself when it is JSON, else a JSON string (text) or a base64
+/// string (binary), so the since-mode array is always valid JSON.
+pub fn json_fragment(payload: &[u8], binary: bool) -> Bytes {
+    if !binary && serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok() {
+        return Bytes::copy_from_slice(payload);
+    }
+    let s = if binary {
+        base64::engine::general_purpose::STANDARD.encode(payload)
+    } else {
+        String::from_utf8_lossy(payload).into_owned()
+    };
+    Bytes::from(serde_json::to_vec(&s).expect("strings serialise"))
+}
+
+/// The value at a JSON pointer rendered as a cursor: strings as-is, numbers and others as JSON.
+pub fn pointer_cursor(value: &serde_json::Value, pointer: &str) -> Option<String> {
+    match value.pointer(pointer)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etag_depends_only_on_content() {
+        assert_eq!(etag_for(b"abc"), etag_for(b"abc"));
+        assert_ne!(etag_for(b"abc"), etag_for(b"abd"));
+        assert_eq!(etag_for(b"abc").len(), 34);
+    }
+
+    #[test]
+    fn fragments_are_json() {
+        assert_eq!(&json_fragment(br#"{"a":1}"#, false)[..], br#"{"a":1}"#);
+        assert_eq!(&json_fragment(b"hello", false)[..], br#""hello""#);
+        assert_eq!(&json_fragment(&[0xff, 0], true)[..], br#""/wA=""#);
+    }
+
+    #[test]
+    fn cursors_from_pointers() {
+        let v: serde_json::Value = serde_json::json!({"id": 7, "s": "x7", "n": null});
+        assert_eq!(pointer_cursor(&v, "/id").as_deref(), Some("7"));
+        assert_eq!(pointer_cursor(&v, "/s").as_deref(), Some("x7"));
+        assert_eq!(pointer_cursor(&v, "/n"), None);
+        assert_eq!(pointer_cursor(&v, "/missing"), None);
+    }
+}

@@ -1,0 +1,325 @@
+//! One topic: its ring of recent messages, its subscription state and its change signal.
+//!
+//! The ring sits behind a `parking_lot::Mutex` held only for a few pointer copies (never across
+//! `.await`), which is cheaper than an async lock for this many short critical sections. The
+//! change signal is a `tokio::sync::watch`: a waiter subscribes *before* it reads the ring, so a
+//! message published between its read and its wait still wakes it.
+
+use super::message::Message;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// Where a topic's upstream subscription stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubState {
+    /// Opening for the first time; no verdict yet.
+    Connecting,
+    /// Connected and receiving.
+    Live,
+    /// Was live, now reconnecting since the given instant.
+    Down(Instant),
+    /// Never connected: the upstream refused or was unreachable.
+    Failed,
+}
+
+struct Inner {
+    ring: VecDeque<Arc<Message>>,
+    next_seq: u64,
+    state: SubState,
+    /// The next message follows an interruption.
+    pending_gap: bool,
+}
+
+/// A cached topic. Shared as `Arc<Topic>` by the store, the subscription and held polls.
+pub struct Topic {
+    pub name: Box<str>,
+    /// The seq a client holds before the first message ("nothing yet").
+    pub base_seq: u64,
+    capacity: usize,
+    inner: Mutex<Inner>,
+    changed: watch::Sender<u64>,
+    /// Milliseconds since the store's epoch of the last poll: read by the idle sweeper.
+    pub last_poll_ms: AtomicU64,
+    pub saved: AtomicU64,
+    pub held: AtomicU64,
+    /// Polls counted in the current and previous minute (a two-bucket sliding window).
+    minute: AtomicU64,
+    polls_this_minute: AtomicU64,
+    polls_last_minute: AtomicU64,
+}
+
+/// What a since-mode reader gets for a cursor.
+pub struct Since {
+    pub messages: Vec<Arc<Message>>,
+    pub gap: bool,
+    /// The cursor to hand back: the newest returned, or the client's own when nothing is new.
+    pub cursor: String,
+}
+
+impl Topic {
+    pub fn new(name: &str, capacity: usize, now_ms: u64) -> Topic {
+        // Sequence numbers start at wall-clock microseconds, so a cursor issued by an earlier
+        // process (or another replica) is recognised as foreign instead of silently matching.
+        let base_seq = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        let (changed, _) = watch::channel(base_seq);
+        Topic {
+            name: name.into(),
+            base_seq,
+            capacity: capacity.max(1),
+            inner: Mutex::new(Inner {
+                ring: VecDeque::with_capacity(capacity.clamp(1, 64)),
+                next_seq: base_seq + 1,
+                state: SubState::Connecting,
+                pending_gap: false,
+            }),
+            changed,
+            last_poll_ms: AtomicU64::new(now_ms),
+            saved: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            minute: AtomicU64::new(now_ms / 60_000),
+            polls_this_minute: AtomicU64::new(0),
+            polls_last_minute: AtomicU64::new(0),
+        }
+    }
+
+    /// A receiver that will see every change after this call.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub fn state(&self) -> SubState {
+        self.inner.lock().state
+    }
+
+    /// Updates the subscription state and wakes waiters (a cold poll may now fall back).
+    pub fn set_state(&self, state: SubState) {
+        {
+            let mut g = self.inner.lock();
+            if matches!(state, SubState::Down(_)) && !matches!(g.state, SubState::Live) {
+                // Only a live subscription can go down; failures before that stay Failed.
+                if g.state == SubState::Connecting {
+                    g.state = SubState::Failed;
+                }
+            } else {
+                if matches!(g.state, SubState::Down(_)) && state == SubState::Live {
+                    g.pending_gap = true;
+                }
+                g.state = state;
+            }
+        }
+        self.changed.send_modify(|_| {});
+    }
+
+    /// Appends a message and wakes every waiter of this topic at once.
+    pub fn publish(&self, build: impl FnOnce(u64, bool) -> Message) -> Arc<Message> {
+        let msg;
+        let seq;
+        {
+            let mut g = self.inner.lock();
+            seq = g.next_seq;
+            g.next_seq += 1;
+            let gap = std::mem::take(&mut g.pending_gap);
+            msg = Arc::new(build(seq, gap));
+            if g.ring.len() == self.capacity {
+                g.ring.pop_front();
+            }
+            g.ring.push_back(msg.clone());
+        }
+        self.changed.send_replace(seq);
+        msg
+    }
+
+    pub fn latest(&self) -> Option<Arc<Message>> {
+        self.inner.lock().ring.back().cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().ring.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Messages after `cursor` (`None`: everything held).
+    /// `by_id`: cursors are message ids (`id_pointer`) rather than gateway sequence numbers.
+    pub fn since(&self, cursor: Option<&CursorArg>) -> Since {
+        let g = self.inner.lock();
+        let all = || g.ring.iter().cloned().collect::<Vec<_>>();
+        let newest = g
+            .ring
+            .back()
+            .map(|m| m.cursor.clone())
+            .unwrap_or_else(|| self.base_seq.to_string());
+        let (messages, mut gap) = match cursor {
+            None => (all(), false),
+            Some(CursorArg::Seq(c)) => {
+                let c = *c;
+                let front_prev = g.ring.front().map(|m| m.seq - 1).unwrap_or(g.next_seq - 1);
+                let last = g.next_seq - 1;
+                if c >= front_prev && c <= last {
+                    let skip = (c - front_prev) as usize;
+                    (g.ring.iter().skip(skip).cloned().collect(), false)
+                } else {
+                    (all(), true)
+                }
+            }
+            Some(CursorArg::Id(id)) => match g.ring.iter().rposition(|m| &m.cursor == id) {
+                Some(pos) => (g.ring.iter().skip(pos + 1).cloned().collect(), false),
+                None => (all(), true),
+            },
+        };
+        if messages.iter().any(|m| m.gap_before) {
+            gap = true;
+        }
+        let cursor = match (messages.is_empty(), cursor) {
+            (true, Some(CursorArg::Seq(c))) if !gap => c.to_string(),
+            (true, Some(CursorArg::Id(id))) if !gap => id.clone(),
+            _ => newest,
+        };
+        Since {
+            messages,
+            gap,
+            cursor,
+        }
+    }
+
+    /// Age of the newest message.
+    pub fn age(&self) -> Option<Duration> {
+        self.latest().map(|m| m.received.elapsed())
+    }
+
+    /// Records a poll: for idle eviction and the polls-per-minute estimate.
+    pub fn touch(&self, now_ms: u64) {
+        self.last_poll_ms.store(now_ms, Ordering::Relaxed);
+        self.roll(now_ms);
+        self.polls_this_minute.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn roll(&self, now_ms: u64) {
+        let minute = now_ms / 60_000;
+        let seen = self.minute.load(Ordering::Relaxed);
+        if seen != minute
+            && self
+                .minute
+                .compare_exchange(seen, minute, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            let cur = self.polls_this_minute.swap(0, Ordering::AcqRel);
+            let prev = if minute == seen + 1 { cur } else { 0 };
+            self.polls_last_minute.store(prev, Ordering::Relaxed);
+        }
+    }
+
+    /// Polls in the last 60 s, estimated from the two minute buckets.
+    pub fn pollers_last_minute(&self, now_ms: u64) -> u64 {
+        self.roll(now_ms);
+        let into = (now_ms % 60_000) as f64 / 60_000.0;
+        let prev = self.polls_last_minute.load(Ordering::Relaxed) as f64 * (1.0 - into);
+        self.polls_this_minute.load(Ordering::Relaxed) + prev.round() as u64
+    }
+}
+
+/// A parsed since-mode cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CursorArg {
+    Seq(u64),
+    Id(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn msg(seq: u64, gap: bool) -> Message {
+        Message {
+            seq,
+            cursor: seq.to_string(),
+            payload: Bytes::from(seq.to_string()),
+            etag: String::new(),
+            json: Bytes::new(),
+            received: Instant::now(),
+            gap_before: gap,
+        }
+    }
+
+    #[test]
+    fn since_returns_everything_after_the_cursor() {
+        let t = Topic::new("t", 4, 0);
+        let base = t.base_seq;
+        for _ in 0..3 {
+            t.publish(msg);
+        }
+        let s = t.since(Some(&CursorArg::Seq(base + 1)));
+        assert_eq!(
+            s.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![base + 2, base + 3]
+        );
+        assert!(!s.gap);
+        assert_eq!(s.cursor, (base + 3).to_string());
+        let s = t.since(Some(&CursorArg::Seq(base + 3)));
+        assert!(s.messages.is_empty() && !s.gap);
+        assert_eq!(s.cursor, (base + 3).to_string());
+        let s = t.since(Some(&CursorArg::Seq(base)));
+        assert_eq!(s.messages.len(), 3);
+        assert!(!s.gap);
+    }
+
+    #[test]
+    fn cursor_out_of_history_is_a_gap() {
+        let t = Topic::new("t", 2, 0);
+        let base = t.base_seq;
+        for _ in 0..5 {
+            t.publish(msg);
+        }
+        let s = t.since(Some(&CursorArg::Seq(base + 1)));
+        assert!(s.gap);
+        assert_eq!(s.messages.len(), 2);
+        let s = t.since(Some(&CursorArg::Seq(base + 3)));
+        assert!(!s.gap);
+        assert_eq!(s.messages.len(), 2);
+        // A cursor from another process (before this topic's base or beyond its newest).
+        assert!(t.since(Some(&CursorArg::Seq(7))).gap);
+        assert!(t.since(Some(&CursorArg::Seq(base + 99))).gap);
+    }
+
+    #[test]
+    fn reconnect_marks_the_next_message_as_a_gap() {
+        let t = Topic::new("t", 8, 0);
+        t.set_state(SubState::Live);
+        t.publish(msg);
+        let c = t.since(None).cursor;
+        t.set_state(SubState::Down(Instant::now()));
+        t.set_state(SubState::Live);
+        t.publish(msg);
+        let s = t.since(Some(&CursorArg::Seq(c.parse().unwrap())));
+        assert!(s.gap);
+        assert_eq!(s.messages.len(), 1);
+    }
+
+    #[test]
+    fn first_failure_is_failed_not_down() {
+        let t = Topic::new("t", 1, 0);
+        t.set_state(SubState::Down(Instant::now()));
+        assert_eq!(t.state(), SubState::Failed);
+    }
+
+    #[tokio::test]
+    async fn watchers_subscribed_before_reading_see_later_publishes() {
+        let t = Arc::new(Topic::new("t", 1, 0));
+        let mut rx = t.watch();
+        assert!(t.latest().is_none());
+        let t2 = t.clone();
+        tokio::spawn(async move { t2.publish(msg) });
+        rx.changed().await.unwrap();
+        assert!(t.latest().is_some());
+    }
+}

@@ -1,0 +1,155 @@
+//! Validated, typed configuration: what the rest of pollgate runs on.
+//!
+//! Built only by [`super::Config::from_yaml`], so every value here has passed validation.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default timeouts, documented in `docs/configuration.md`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_MAX_TOPICS: usize = 10_000;
+pub const DEFAULT_MAX_HELD_POLLS: usize = 10_000;
+pub const DEFAULT_HISTORY: usize = 64;
+pub const DEFAULT_FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(1);
+pub const DEFAULT_IDLE_UNSUBSCRIBE: Duration = Duration::from_secs(300);
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
+pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(60);
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(15);
+pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(100);
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
+pub const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 5;
+pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<String>,
+    pub metrics_listen: Option<String>,
+    pub server: ServerOptions,
+    pub max_topics: usize,
+    pub max_held_polls: usize,
+    /// One log line per request (target `access`).
+    pub access_log: bool,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub routes: Vec<Route>,
+}
+
+/// pingora's own process options, settable from the YAML (and some from flags).
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub threads: usize,
+    pub daemon: bool,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub error_log: Option<String>,
+    pub grace_period_seconds: u64,
+    pub graceful_shutdown_timeout_seconds: u64,
+    pub work_stealing: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    /// As written (`host:port`), for logs and metrics.
+    pub address: String,
+    /// Resolved once at load time so the request path never blocks on DNS.
+    pub socket_addr: SocketAddr,
+    pub host: Option<String>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub websocket_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub matcher: Matcher,
+    pub upstream: Arc<Upstream>,
+    /// Present on `path:` routes with a `subscribe:` block.
+    pub poll: Option<Arc<PollRoute>>,
+}
+
+/// How a route matches a request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Matcher {
+    /// `prefix: "/api/"`.
+    Prefix(String),
+    /// `path: "/api/prices/{topic}"`: literal `prefix`, one segment, literal `suffix`.
+    Template { prefix: String, suffix: String },
+    /// `path: "/exact"` with no `{topic}`.
+    Exact(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Latest,
+    Since,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    AuthRequest { path: String, cache_for: Duration },
+}
+
+#[derive(Debug, Clone)]
+pub struct PollRoute {
+    pub mode: Mode,
+    pub content_type: String,
+    pub history: usize,
+    pub id_pointer: Option<String>,
+    pub cursor_param: String,
+    pub long_poll: Duration,
+    pub max_wait: Duration,
+    pub first_message_wait: Duration,
+    pub idle_unsubscribe: Duration,
+    pub max_topics: Option<usize>,
+    pub max_held_polls: Option<usize>,
+    pub access: Access,
+    pub subscribe: Subscribe,
+    pub max_message_bytes: usize,
+    pub max_stale: Duration,
+    pub ping_interval: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl PollRoute {
+    /// Whether incoming messages must be parsed as JSON (to cut a payload or read an id).
+    pub fn payload_pointer_or_id(&self) -> bool {
+        self.subscribe.payload_pointer.is_some()
+            || (self.mode == Mode::Since && self.id_pointer.is_some())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    /// Upstream WebSocket path; `{topic}` is replaced per topic.
+    pub path: String,
+    pub send: Option<String>,
+    pub unsend: Option<String>,
+    pub topic_pointer: Option<String>,
+    pub payload_pointer: Option<String>,
+    /// Header values with `${ENV}` already expanded.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Subscribe {
+    /// One shared socket for all topics (the path has no `{topic}`).
+    pub fn multiplexed(&self) -> bool {
+        !self.path.contains("{topic}")
+    }
+}
+
+impl Config {
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}

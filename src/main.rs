@@ -1,0 +1,143 @@
+//! The `pollgate` command: run the gateway, validate a config, or run the demo.
+
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use pollgate::config::Config;
+use pollgate::demo;
+use pollgate::logging::{self, LogFormat};
+use pollgate::server::{self, RunOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pollgate",
+    version,
+    about = "Answers legacy HTTP pollers from a cache fed by upstream WebSocket subscriptions"
+)]
+struct Cli {
+    /// Configuration file (YAML).
+    #[arg(
+        short = 'c',
+        long = "conf",
+        default_value = "/etc/pollgate/pollgate.yaml",
+        global = true
+    )]
+    conf: PathBuf,
+    /// Validate the configuration, print every problem, and exit.
+    #[arg(short = 't', long = "test")]
+    test: bool,
+    /// Run in the background (pingora daemon mode).
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Graceful upgrade: take over the listening sockets of the running instance via `upgrade_sock`.
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+    /// Log format.
+    #[arg(long = "log-format", value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway in front of the built-in sample backend.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        #[arg(long, default_value = "127.0.0.1:9091")]
+        metrics_listen: String,
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        backend_listen: String,
+    },
+    /// Run only the sample backend (for benchmarks and experiments).
+    SampleBackend {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: String,
+        /// Topics to publish a tick on every `--period-ms` (none: publish only on POST).
+        #[arg(long, value_delimiter = ',')]
+        topics: Vec<String>,
+        #[arg(long, default_value_t = 1000)]
+        period_ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match cli.command {
+        Some(Command::Demo {
+            listen,
+            metrics_listen,
+            backend_listen,
+        }) => {
+            let addrs = demo::DemoAddrs {
+                listen,
+                metrics_listen,
+                backend_listen,
+            };
+            let config = match demo::demo_config(&addrs) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(e) = demo::start_backend(
+                &addrs.backend_listen,
+                &["btc", "eth", "sol"],
+                Duration::from_secs(1),
+            ) {
+                eprintln!(
+                    "cannot start the sample backend on {}: {e}",
+                    addrs.backend_listen
+                );
+                return ExitCode::from(1);
+            }
+            eprintln!("{}", demo::banner(&addrs));
+            server::build(config, RunOptions::default()).run_forever()
+        }
+        Some(Command::SampleBackend {
+            listen,
+            topics,
+            period_ms,
+        }) => {
+            let t: Vec<&str> = topics.iter().map(|s| s.as_str()).collect();
+            if let Err(e) =
+                demo::start_backend(&listen, &t, Duration::from_millis(period_ms.max(1)))
+            {
+                eprintln!("cannot start the sample backend on {listen}: {e}");
+                return ExitCode::from(1);
+            }
+            eprintln!("sample backend listening on {listen}");
+            loop {
+                std::thread::park();
+            }
+        }
+        None => {
+            let config = match Config::load(&cli.conf) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{}: configuration is invalid:", cli.conf.display());
+                    for p in e.problems() {
+                        eprintln!("  {p}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            if cli.test {
+                println!("{}: configuration is valid", cli.conf.display());
+                return ExitCode::SUCCESS;
+            }
+            let opts = RunOptions {
+                config_path: Some(cli.conf.clone()),
+                daemon: cli.daemon,
+                upgrade: cli.upgrade,
+            };
+            server::build(config, opts).run_forever()
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! Answering polls from the cache: short, conditional (`If-None-Match`), long (held) and
+//! cursor (`since`) polls. See `docs/polling.md` for the semantics this implements.
+
+use super::respond::{has_body, json_error};
+use super::router::decode_topic;
+use crate::cache::{CacheError, CursorArg, Message, SubState, Topic};
+use crate::config::{Mode, PollRoute};
+use crate::metrics::METRICS;
+use crate::subscription::Hub;
+use bytes::{Bytes, BytesMut};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::sleep_until;
+
+/// How a poll ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollOutcome {
+    /// The gateway answered with this status.
+    Answered(u16),
+    /// Not answerable from cache: proxy this request to the backend unchanged.
+    Fallback,
+    /// The client hung up while held; nothing to answer.
+    Gone,
+}
+
+/// Why a poll request is refused before the cache is consulted.
+#[derive(Debug, thiserror::Error)]
+enum BadPoll {
+    #[error("{0}")]
+    Topic(&'static str),
+    #[error("poll requests must not have a body")]
+    Body,
+    #[error("cursor `{0}` is not a valid cursor (expected a number)")]
+    Cursor(String),
+    #[error("bad `Prefer: wait`: {0}")]
+    Prefer(String),
+}
+
+/// Parsed request parameters.
+struct PollRequest {
+    cursor: Option<CursorArg>,
+    if_none_match: Option<String>,
+    /// How long this poll may be held, already capped by the route.
+    wait: Duration,
+    prefer_applied: Option<u64>,
+}
+
+fn parse(session: &Session, poll: &PollRoute) -> Result<PollRequest, BadPoll> {
+    if has_body(session) {
+        return Err(BadPoll::Body);
+    }
+    let req = session.req_header();
+    let if_none_match = req
+        .headers
+        .get(http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_string());
+    let mut cursor_text = None;
+    if poll.mode == Mode::Since {
+        if let Some(q) = req.uri.query() {
+            for pair in q.split('&') {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                if k == poll.cursor_param {
+                    cursor_text = Some(v.to_string());
+                }
+            }
+        }
+        if cursor_text.is_none() {
+            // A cursor-less poll may carry the cursor as the ETag it was last given.
+            cursor_text = if_none_match
+                .as_deref()
+                .map(|s| s.trim_start_matches("W/").trim_matches('"').to_string());
+        }
+    }
+    let cursor = match cursor_text {
+        None => None,
+        Some(t) if t.is_empty() => None,
+        Some(t) => {
+            let decoded = decode_topic(&t).map_err(|_| BadPoll::Cursor(t.clone()))?;
+            if poll.id_pointer.is_some() {
+                Some(CursorArg::Id(decoded))
+            } else {
+                Some(CursorArg::Seq(
+                    decoded.parse().map_err(|_| BadPoll::Cursor(t.clone()))?,
+                ))
+            }
+        }
+    };
+    let mut prefer_wait = None;
+    for v in req.headers.get_all("prefer") {
+        let v = v
+            .to_str()
+            .map_err(|_| BadPoll::Prefer("not ASCII".into()))?;
+        for pref in v.split([',', ';']) {
+            let pref = pref.trim();
+            if let Some(n) = pref
+                .strip_prefix("wait=")
+                .or_else(|| pref.strip_prefix("wait ="))
+            {
+                let secs: u64 = n.trim().parse().map_err(|_| {
+                    BadPoll::Prefer(format!("`{n}` is not a whole number of seconds"))
+                })?;
+                prefer_wait = Some(secs);
+            } else if pref.eq_ignore_ascii_case("wait") {
+                return Err(BadPoll::Prefer("`wait` needs a value".into()));
+            }
+        }
+    }
+    let (wait, prefer_applied) = match prefer_wait {
+        Some(secs) => {
+            let cap = poll.max_wait;
+            let w = Duration::from_secs(secs).min(cap);
+            (w, Some(w.as_secs()))
+        }
+        None => (poll.long_poll, None),
+    };
+    Ok(PollRequest {
+        cursor,
+        if_none_match,
+        wait,
+        prefer_applied,
+    })
+}
+
+/// Answers a GET or HEAD on a poll route for the raw topic segment.
+pub async fn serve(
+    session: &mut Session,
+    hub: &Arc<Hub>,
+    raw_topic: &str,
+) -> pingora_error::Result<PollOutcome> {
+    let poll = hub.poll();
+    let m = &hub.cache.metrics;
+    let topic_name = match decode_topic(raw_topic) {
+        Ok(t) => t,
+        Err(e) => return bad(session, &BadPoll::Topic(e)).await,
+    };
+    let req = match parse(session, poll) {
+        Ok(r) => r,
+        Err(e) => return bad(session, &e).await,
+    };
+    let topic = match hub.topic(&topic_name) {
+        Ok(t) => t,
+        Err(e) => {
+            let reason = match e {
+                CacheError::GlobalTopicLimit | CacheError::RouteTopicLimit => "max_topics",
+            };
+            return reject(session, hub, reason, &e.to_string()).await;
+        }
+    };
+
+    // Cold topic: give the new subscription `first_message_wait` to deliver something.
+    if topic.is_empty() {
+        let deadline = tokio::time::Instant::now() + poll.first_message_wait;
+        loop {
+            let mut rx = topic.watch();
+            if !topic.is_empty() {
+                break;
+            }
+            if matches!(topic.state(), SubState::Failed | SubState::Down(_)) {
+                m.fallback.inc();
+                return Ok(PollOutcome::Fallback);
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { break },
+                _ = sleep_until(deadline) => {
+                    m.fallback.inc();
+                    return Ok(PollOutcome::Fallback);
+                }
+            }
+        }
+    }
+    // Stale past `max_stale`: the backend over plain HTTP knows better than our old copy.
+    let stale = match topic.state() {
+        SubState::Down(since) => {
+            if since.elapsed() > poll.max_stale {
+                m.fallback.inc();
+                return Ok(PollOutcome::Fallback);
+            }
+            true
+        }
+        _ => false,
+    };
+
+    match poll.mode {
+        Mode::Latest => latest(session, hub, &topic, &req, stale).await,
+        Mode::Since => since(session, hub, &topic, &req, stale).await,
+    }
+}
+
+fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+    if_none_match.trim() == "*"
+        || if_none_match
+            .split(',')
+            .any(|t| t.trim().trim_start_matches("W/") == etag)
+}
+
+/// What a held poll woke up to.
+enum Woke {
+    Changed,
+    Timeout,
+    Shutdown,
+    Gone,
+}
+
+/// Waits for the topic to change (`rx` was subscribed before the caller read the cache).
+async fn wait_change(
+    session: &mut Session,
+    rx: &mut tokio::sync::watch::Receiver<u64>,
+    deadline: tokio::time::Instant,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Woke {
+    if *shutdown.borrow() {
+        return Woke::Shutdown;
+    }
+    tokio::select! {
+        r = rx.changed() => if r.is_ok() { Woke::Changed } else { Woke::Shutdown },
+        _ = sleep_until(deadline) => Woke::Timeout,
+        _ = shutdown.changed() => Woke::Shutdown,
+        // A GET has no body, so any read result here means the client closed or misbehaved.
+        _ = session.read_body_or_idle(true) => Woke::Gone,
+    }
+}
+
+async fn latest(
+    session: &mut Session,
+    hub: &Arc<Hub>,
+    topic: &Arc<Topic>,
+    req: &PollRequest,
+    stale: bool,
+) -> pingora_error::Result<PollOutcome> {
+    let m = &hub.cache.metrics;
+    let mut msg = topic.latest().expect("warm topic has a message");
+    let Some(inm) = req.if_none_match.as_deref() else {
+        return hit(session, hub, topic, &msg, req, stale).await;
+    };
+    if !etag_matches(inm, &msg.etag) {
+        return hit(session, hub, topic, &msg, req, stale).await;
+    }
+    if req.wait.is_zero() {
+        m.not_modified.inc();
+        topic.saved.fetch_add(1, Ordering::Relaxed);
+        m.saved.inc();
+        return not_modified(session, &msg, req, stale, false).await;
+    }
+    let Some(_slot) = hub.cache.try_hold(topic) else {
+        return reject(session, hub, "max_held_polls", "too many held polls").await;
+    };
+    session.set_abort_on_close(true);
+    let deadline = tokio::time::Instant::now() + req.wait;
+    let mut shutdown = hub.cache.store.shutdown_signal();
+    loop {
+        let mut rx = topic.watch();
+        msg = topic.latest().expect("warm topic has a message");
+        if !etag_matches(inm, &msg.etag) {
+            m.held_served.inc();
+            m.lag.observe(msg.received.elapsed().as_secs_f64());
+            topic.saved.fetch_add(1, Ordering::Relaxed);
+            m.saved.inc();
+            return write_message(session, &msg, req, stale, &hub.poll().content_type).await;
+        }
+        match wait_change(session, &mut rx, deadline, &mut shutdown).await {
+            Woke::Changed => continue,
+            Woke::Gone => return Ok(PollOutcome::Gone),
+            w @ (Woke::Timeout | Woke::Shutdown) => {
+                m.held_timeout.inc();
+                topic.saved.fetch_add(1, Ordering::Relaxed);
+                m.saved.inc();
+                let stale = matches!(topic.state(), SubState::Down(_));
+                return not_modified(session, &msg, req, stale, matches!(w, Woke::Shutdown)).await;
+            }
+        }
+    }
+}
+
+async fn hit(
+    session: &mut Session,
+    hub: &Arc<Hub>,
+    topic: &Topic,
+    msg: &Message,
+    req: &PollRequest,
+    stale: bool,
+) -> pingora_error::Result<PollOutcome> {
+    let m = &hub.cache.metrics;
+    m.hit.inc();
+    m.saved.inc();
+    topic.saved.fetch_add(1, Ordering::Relaxed);
+    write_message(session, msg, req, stale, &hub.poll().content_type).await
+}
+
+fn base_header(
+    status: u16,
+    poll_content_type: Option<&str>,
+    len: usize,
+) -> pingora_error::Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(status, Some(8))?;
+    if let Some(ct) = poll_content_type {
+        h.insert_header(http::header::CONTENT_TYPE, ct)?;
+    }
+    h.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
+    h.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
+    Ok(h)
+}
+
+fn decorate(
+    h: &mut ResponseHeader,
+    req: &PollRequest,
+    stale: bool,
+    close: bool,
+) -> pingora_error::Result<()> {
+    if stale {
+        h.insert_header("pollgate-stale", "true")?;
+    }
+    if let Some(w) = req.prefer_applied {
+        h.insert_header("preference-applied", format!("wait={w}"))?;
+    }
+    if close {
+        h.insert_header(http::header::CONNECTION, "close")?;
+    }
+    Ok(())
+}
+
+async fn send(
+    session: &mut Session,
+    h: ResponseHeader,
+    body: Option<Bytes>,
+    close: bool,
+) -> pingora_error::Result<PollOutcome> {
+    let status = h.status.as_u16();
+    if close {
+        session.set_keepalive(None);
+    }
+    let head = session.req_header().method == http::Method::HEAD;
+    match body {
+        Some(b) if !head && !b.is_empty() => {
+            session.write_response_header(Box::new(h), false).await?;
+            session.write_response_body(Some(b), true).await?;
+        }
+        _ => session.write_response_header(Box::new(h), true).await?,
+    }
+    Ok(PollOutcome::Answered(status))
+}
+
+async fn write_message(
+    session: &mut Session,
+    msg: &Message,
+    req: &PollRequest,
+    stale: bool,
+    content_type: &str,
+) -> pingora_error::Result<PollOutcome> {
+    let mut h = base_header(200, Some(content_type), msg.payload.len())?;
+    h.insert_header(http::header::ETAG, msg.etag.as_str())?;
+    h.insert_header(
+        http::header::AGE,
+        msg.received.elapsed().as_secs().to_string(),
+    )?;
+    decorate(&mut h, req, stale, false)?;
+    send(session, h, Some(msg.payload.clone()), false).await
+}
+
+async fn not_modified(
+    session: &mut Session,
+    msg: &Message,
+    req: &PollRequest,
+    stale: bool,
+    close: bool,
+) -> pingora_error::Result<PollOutcome> {
+    let mut h = ResponseHeader::build(304, Some(6))?;
+    h.insert_header(http::header::ETAG, msg.etag.as_str())?;
+    h.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
+    h.insert_header(
+        http::header::AGE,
+        msg.received.elapsed().as_secs().to_string(),
+    )?;
+    decorate(&mut h, req, stale, close)?;
+    send(session, h, None, close).await
+}
+
+async fn since(
+    session: &mut Session,
+    hub: &Arc<Hub>,
+    topic: &Arc<Topic>,
+    req: &PollRequest,
+    stale: bool,
+) -> pingora_error::Result<PollOutcome> {
+    let m = &hub.cache.metrics;
+    let mut rx = topic.watch();
+    let mut got = topic.since(req.cursor.as_ref());
+    let mut held = false;
+    let mut close = false;
+    if got.messages.is_empty() && !req.wait.is_zero() {
+        let Some(_slot) = hub.cache.try_hold(topic) else {
+            return reject(session, hub, "max_held_polls", "too many held polls").await;
+        };
+        held = true;
+        session.set_abort_on_close(true);
+        let deadline = tokio::time::Instant::now() + req.wait;
+        let mut shutdown = hub.cache.store.shutdown_signal();
+        loop {
+            match wait_change(session, &mut rx, deadline, &mut shutdown).await {
+                Woke::Changed => {
+                    rx = topic.watch();
+                    got = topic.since(req.cursor.as_ref());
+                    if !got.messages.is_empty() {
+                        break;
+                    }
+                }
+                Woke::Gone => return Ok(PollOutcome::Gone),
+                Woke::Timeout => break,
+                Woke::Shutdown => {
+                    close = true;
+                    break;
+                }
+            }
+        }
+    }
+    let outcome = match (held, got.messages.is_empty()) {
+        (true, true) => &m.held_timeout,
+        (true, false) => &m.held_served,
+        (false, true) => &m.not_modified,
+        (false, false) => &m.hit,
+    };
+    outcome.inc();
+    m.saved.inc();
+    topic.saved.fetch_add(1, Ordering::Relaxed);
+    if held {
+        if let Some(first) = got.messages.first() {
+            m.lag.observe(first.received.elapsed().as_secs_f64());
+        }
+    }
+    let mut body =
+        BytesMut::with_capacity(2 + got.messages.iter().map(|m| m.json.len() + 1).sum::<usize>());
+    body.extend_from_slice(b"[");
+    for (i, msg) in got.messages.iter().enumerate() {
+        if i > 0 {
+            body.extend_from_slice(b",");
+        }
+        body.extend_from_slice(&msg.json);
+    }
+    body.extend_from_slice(b"]");
+    let body = body.freeze();
+    let mut h = base_header(200, Some(&hub.poll().content_type), body.len())?;
+    h.insert_header(http::header::ETAG, format!("\"{}\"", got.cursor))?;
+    h.insert_header("pollgate-cursor", got.cursor.as_str())?;
+    if got.gap {
+        h.insert_header("pollgate-gap", "true")?;
+    }
+    if let Some(newest) = got.messages.last().or(topic.latest().as_ref()) {
+        h.insert_header(
+            http::header::AGE,
+            newest.received.elapsed().as_secs().to_string(),
+        )?;
+    }
+    let stale = stale || matches!(topic.state(), SubState::Down(_));
+    decorate(&mut h, req, stale, close)?;
+    send(session, h, Some(body), close).await
+}
+
+async fn bad(session: &mut Session, e: &BadPoll) -> pingora_error::Result<PollOutcome> {
+    json_error(session, 400, &e.to_string(), &[], true).await?;
+    Ok(PollOutcome::Answered(400))
+}
+
+async fn reject(
+    session: &mut Session,
+    hub: &Hub,
+    reason: &'static str,
+    message: &str,
+) -> pingora_error::Result<PollOutcome> {
+    hub.cache.metrics.rejected_polls.inc();
+    METRICS
+        .rejected
+        .with_label_values(&[&hub.cache.name, reason])
+        .inc();
+    json_error(
+        session,
+        503,
+        message,
+        &[("retry-after", "1".to_string())],
+        false,
+    )
+    .await?;
+    Ok(PollOutcome::Answered(503))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::etag_matches;
+
+    #[test]
+    fn if_none_match_lists_and_weak_tags() {
+        assert!(etag_matches("\"a\"", "\"a\""));
+        assert!(etag_matches("\"x\", W/\"a\"", "\"a\""));
+        assert!(etag_matches("*", "\"a\""));
+        assert!(!etag_matches("\"b\"", "\"a\""));
+    }
+}

@@ -1,0 +1,66 @@
+//! Writing the gateway's own responses: JSON errors and cache answers.
+
+use bytes::Bytes;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+/// A short JSON error body: `{"error":"not_found","message":"..."}`.
+pub fn error_body(status: u16, message: &str) -> Bytes {
+    let code = match status {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "payload_too_large",
+        431 => "request_header_fields_too_large",
+        500 => "internal_error",
+        502 => "bad_gateway",
+        503 => "service_unavailable",
+        504 => "gateway_timeout",
+        _ => "error",
+    };
+    let v = serde_json::json!({ "error": code, "message": message });
+    Bytes::from(serde_json::to_vec(&v).expect("json serialises"))
+}
+
+/// Writes a JSON error response. `close` drops the connection afterwards, for requests whose
+/// body was not read (so its bytes cannot be mistaken for the next request).
+pub async fn json_error(
+    session: &mut Session,
+    status: u16,
+    message: &str,
+    extra: &[(&'static str, String)],
+    close: bool,
+) -> pingora_error::Result<()> {
+    let body = error_body(status, message);
+    let mut h = ResponseHeader::build(status, Some(6))?;
+    h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    for (k, v) in extra {
+        h.insert_header(*k, v.as_str())?;
+    }
+    if close {
+        session.set_keepalive(None);
+        h.insert_header(http::header::CONNECTION, "close")?;
+    }
+    let head = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(h), head).await?;
+    if !head {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Whether the request carries a body (declared length above zero, or chunked).
+pub fn has_body(session: &Session) -> bool {
+    let req = session.req_header();
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return true;
+    }
+    req.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() != "0")
+}

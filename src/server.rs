@@ -1,0 +1,90 @@
+//! Wiring: a validated [`Config`] becomes a pingora `Server` with the proxy service, the admin
+//! service and the housekeeper.
+
+use crate::admin::AdminApp;
+use crate::background::Housekeeper;
+use crate::config::Config;
+use crate::proxy::{Gateway, GatewayState};
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use std::path::PathBuf;
+
+/// Process options that come from the command line rather than the file.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// The file SIGHUP reloads (`None` when the config is embedded, as in the demo).
+    pub config_path: Option<PathBuf>,
+    /// `-d`: run in the background.
+    pub daemon: bool,
+    /// `-u`: take the listening sockets over from a running instance (graceful upgrade).
+    pub upgrade: bool,
+}
+
+/// pingora's own settings from the YAML, flags taking precedence.
+pub fn server_conf(config: &Config, opts: &RunOptions) -> ServerConf {
+    let s = &config.server;
+    let mut conf = ServerConf {
+        threads: s.threads,
+        daemon: s.daemon || opts.daemon,
+        grace_period_seconds: Some(s.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
+        work_stealing: s.work_stealing,
+        error_log: s.error_log.clone(),
+        ..ServerConf::default()
+    };
+    if let Some(p) = &s.pid_file {
+        conf.pid_file = p.clone();
+    }
+    if let Some(u) = &s.upgrade_sock {
+        conf.upgrade_sock = u.clone();
+    }
+    conf
+}
+
+/// Builds the pingora server; `run_forever` on the result serves until a signal.
+pub fn build(config: Config, opts: RunOptions) -> Server {
+    let conf = server_conf(&config, &opts);
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: conf.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    server.bootstrap();
+
+    let state = GatewayState::new(&config);
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(state.clone()),
+        "pollgate proxy",
+    );
+    for l in &config.listen {
+        proxy.add_tcp(l);
+    }
+    if let Some(m) = &config.metrics_listen {
+        let mut admin = Service::new(
+            "pollgate admin".to_string(),
+            HttpServer::new_app(AdminApp {
+                state: state.clone(),
+                listen: config.listen.clone(),
+            }),
+        );
+        admin.threads = Some(1);
+        admin.add_tcp(m);
+        server.add_service(admin);
+    }
+    server.add_service(background_service(
+        "pollgate housekeeper",
+        Housekeeper {
+            state,
+            config_path: opts.config_path,
+        },
+    ));
+    server.add_service(proxy);
+    server
+}

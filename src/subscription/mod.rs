@@ -1,0 +1,304 @@
+//! Upstream WebSocket subscriptions that keep the cache fresh.
+//!
+//! A [`Hub`] owns one poll route's cache and its subscriptions: one socket per topic when
+//! `subscribe.path` contains `{topic}`, else one shared socket per route that multiplexes topics
+//! with `send`/`unsend` frames and routes incoming messages by `topic_pointer`. Sockets reconnect
+//! with [`backoff::Backoff`]; a topic nobody polled for `idle_unsubscribe` is dropped by
+//! [`Hub::evict_idle`], which the sweeper calls.
+
+mod backoff;
+mod shared;
+mod socket;
+
+pub use backoff::Backoff;
+pub use socket::{connect, ConnectError, HARD_FRAME_LIMIT};
+
+use crate::cache::{
+    etag_for, json_fragment, pointer_cursor, CacheError, Message, RouteCache, Store, SubState,
+    Topic,
+};
+use crate::config::{Mode, PollRoute, Route, Upstream};
+use crate::metrics::METRICS;
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// One poll route's cache plus the subscriptions feeding it. Shared as `Arc<Hub>`.
+pub struct Hub {
+    pub cache: Arc<RouteCache>,
+    pub upstream: Arc<Upstream>,
+    per_topic: DashMap<Box<str>, AbortHandle>,
+    shared: Mutex<Option<shared::SharedHandle>>,
+}
+
+impl Hub {
+    pub fn new(route: &Route, poll: Arc<PollRoute>, store: Store) -> Arc<Hub> {
+        Arc::new(Hub {
+            cache: Arc::new(RouteCache::new(route.name.clone(), poll, store)),
+            upstream: route.upstream.clone(),
+            per_topic: DashMap::new(),
+            shared: Mutex::new(None),
+        })
+    }
+
+    pub fn poll(&self) -> &PollRoute {
+        &self.cache.poll
+    }
+
+    /// The topic, created and subscribed on first use (exactly once however many polls race).
+    pub fn topic(self: &Arc<Self>, name: &str) -> Result<Arc<Topic>, CacheError> {
+        let (topic, created) = self.cache.get_or_create(name)?;
+        if created {
+            self.cache.metrics.subscriptions.inc();
+            self.subscribe(&topic);
+        }
+        topic.touch(self.cache.store.now_ms());
+        Ok(topic)
+    }
+
+    fn subscribe(self: &Arc<Self>, topic: &Arc<Topic>) {
+        if self.poll().subscribe.multiplexed() {
+            let mut guard = self.shared.lock();
+            let handle = guard.get_or_insert_with(|| shared::spawn(self.clone()));
+            handle.subscribe(topic.name.as_ref());
+        } else {
+            let hub = self.clone();
+            let t = topic.clone();
+            let task = tokio::spawn(async move { hub.run_topic_socket(t).await });
+            self.per_topic
+                .insert(topic.name.clone(), task.abort_handle());
+        }
+    }
+
+    /// Drops topics no poll asked for in `idle_unsubscribe`; returns how many.
+    pub fn evict_idle(&self) -> usize {
+        let now = self.cache.store.now_ms();
+        let idle = self.poll().idle_unsubscribe.as_millis() as u64;
+        let mut n = 0;
+        for t in self.cache.topics() {
+            let last = t.last_poll_ms.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= idle && t.held.load(Ordering::Relaxed) == 0 {
+                self.drop_topic(&t.name);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn drop_topic(&self, name: &str) {
+        if !self.cache.remove(name) {
+            return;
+        }
+        self.cache.metrics.subscriptions.dec();
+        if let Some((_, task)) = self.per_topic.remove(name) {
+            task.abort();
+        }
+        if let Some(h) = self.shared.lock().as_ref() {
+            h.unsubscribe(name);
+        }
+    }
+
+    /// Closes every subscription and empties the cache (the route was removed on reload).
+    pub fn close(&self) {
+        for t in self.cache.topics() {
+            self.drop_topic(&t.name);
+        }
+        if let Some(h) = self.shared.lock().take() {
+            h.stop();
+        }
+    }
+
+    /// Caches one upstream message for `topic`.
+    fn ingest(&self, topic: &Topic, data: Bytes, binary: bool, parsed: Option<serde_json::Value>) {
+        let poll = self.poll();
+        let route = &*self.cache.name;
+        if data.len() > poll.max_message_bytes {
+            METRICS
+                .upstream_messages_dropped
+                .with_label_values(&[route, "oversize"])
+                .inc();
+            return;
+        }
+        let needs_json = poll.payload_pointer_or_id();
+        let value = match parsed {
+            Some(v) => Some(v),
+            None if needs_json && !binary => serde_json::from_slice(&data).ok(),
+            None => None,
+        };
+        if needs_json && value.is_none() {
+            METRICS
+                .upstream_messages_dropped
+                .with_label_values(&[route, "bad_json"])
+                .inc();
+            return;
+        }
+        let payload = match (&poll.subscribe.payload_pointer, &value) {
+            (Some(ptr), Some(v)) => match v.pointer(ptr) {
+                Some(part) => Bytes::from(serde_json::to_vec(part).expect("values serialise")),
+                None => {
+                    METRICS
+                        .upstream_messages_dropped
+                        .with_label_values(&[route, "no_payload"])
+                        .inc();
+                    return;
+                }
+            },
+            _ => data,
+        };
+        let id = match (&poll.id_pointer, &value) {
+            (Some(ptr), Some(v)) => pointer_cursor(v, ptr),
+            _ => None,
+        };
+        let since = poll.mode == Mode::Since;
+        topic.publish(|seq, gap_before| Message {
+            seq,
+            cursor: id.unwrap_or_else(|| seq.to_string()),
+            etag: etag_for(&payload),
+            json: if since {
+                json_fragment(&payload, binary)
+            } else {
+                Bytes::new()
+            },
+            payload,
+            received: Instant::now(),
+            gap_before,
+        });
+        self.cache.metrics.messages.inc();
+    }
+
+    /// One socket for one topic, reconnecting until the topic is evicted (the task is aborted).
+    async fn run_topic_socket(self: Arc<Self>, topic: Arc<Topic>) {
+        let poll = self.poll();
+        let path = poll
+            .subscribe
+            .path
+            .replace("{topic}", &encode_segment(&topic.name));
+        let mut backoff = Backoff::new(poll.reconnect_min, poll.reconnect_max);
+        loop {
+            match connect(&self.upstream, &path, &poll.subscribe.headers).await {
+                Ok(mut ws) => {
+                    backoff.reset();
+                    let mut ok = true;
+                    if let Some(send) = &poll.subscribe.send {
+                        let frame = fill_topic(send, &topic.name);
+                        ok = ws.send(WsMessage::text(frame)).await.is_ok();
+                    }
+                    if ok {
+                        topic.set_state(SubState::Live);
+                        self.cache.metrics.connected.inc();
+                        let _live = scopeguard(&self.cache.metrics.connected);
+                        self.read_topic_socket(&mut ws, &topic).await;
+                    }
+                    topic.set_state(SubState::Down(Instant::now()));
+                }
+                Err(e) => {
+                    tracing::warn!(route = %self.cache.name, topic = %topic.name, error = %e, "subscription failed");
+                    METRICS
+                        .upstream_errors
+                        .with_label_values(&[&self.upstream.name, "subscribe"])
+                        .inc();
+                    topic.set_state(SubState::Down(Instant::now()));
+                }
+            }
+            let delay = backoff.next_delay();
+            self.cache.metrics.reconnects.inc();
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn read_topic_socket(&self, ws: &mut socket::Socket, topic: &Topic) {
+        let stall = self.poll().ping_interval * 3;
+        let mut ping = tokio::time::interval(self.poll().ping_interval);
+        ping.reset();
+        let mut last_seen = Instant::now();
+        loop {
+            tokio::select! {
+                frame = ws.next() => {
+                    last_seen = Instant::now();
+                    match frame {
+                        Some(Ok(WsMessage::Text(t))) => self.ingest(topic, Bytes::from(t), false, None),
+                        Some(Ok(WsMessage::Binary(b))) => self.ingest(topic, b, true, None),
+                        Some(Ok(WsMessage::Close(_))) | None => return,
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            tracing::warn!(route = %self.cache.name, topic = %topic.name, error = %e, "subscription socket error");
+                            METRICS.upstream_errors.with_label_values(&[&self.upstream.name, "subscription_read"]).inc();
+                            return;
+                        }
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_seen.elapsed() >= stall {
+                        tracing::warn!(route = %self.cache.name, topic = %topic.name, "subscription stalled");
+                        METRICS.upstream_errors.with_label_values(&[&self.upstream.name, "subscription_stalled"]).inc();
+                        return;
+                    }
+                    if ws.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Decrements a gauge when dropped, so a cancelled task still leaves the gauge right.
+struct GaugeGuard<'a>(&'a prometheus::IntGauge);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn scopeguard(g: &prometheus::IntGauge) -> GaugeGuard<'_> {
+    GaugeGuard(g)
+}
+
+/// Puts a topic into a `send`/`unsend` template: JSON-escaped, since templates are JSON text.
+pub fn fill_topic(template: &str, topic: &str) -> String {
+    let quoted = serde_json::to_string(topic).expect("strings serialise");
+    template.replace("{topic}", &quoted[1..quoted.len() - 1])
+}
+
+/// Percent-encodes a topic as one path segment for the upstream WebSocket URL.
+pub fn encode_segment(topic: &str) -> String {
+    let mut out = String::with_capacity(topic.len());
+    for b in topic.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Commands to a route's shared socket task.
+pub(crate) enum Cmd {
+    Subscribe(Box<str>),
+    Unsubscribe(Box<str>),
+}
+
+pub(crate) type CmdSender = mpsc::UnboundedSender<Cmd>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_escape_topics() {
+        assert_eq!(
+            fill_topic(r#"{"op":"sub","topic":"{topic}"}"#, r#"a"b"#),
+            r#"{"op":"sub","topic":"a\"b"}"#
+        );
+        assert_eq!(encode_segment("a b/ü"), "a%20b%2F%C3%BC");
+    }
+}

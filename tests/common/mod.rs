@@ -1,0 +1,286 @@
+//! Integration-test harness: the real `pollgate` binary in front of real in-test upstreams, all
+//! on loopback ephemeral ports. One line per test: `let up = Upstream::start().await;
+//! let gw = Gateway::start(&config_for(&up)).await;`.
+
+#![allow(dead_code)]
+
+pub mod upstream;
+
+#[allow(unused_imports)]
+pub use upstream::{Recorded, Reply, Upstream};
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pollgate");
+
+/// A free loopback port (bound, then released for the gateway to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique scratch directory for one test's files.
+pub fn scratch_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "pollgate-test-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    pub child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// Fills `{listen}` and `{admin}` in a config template; the rest of the file is the test's.
+pub fn render(template: &str, listen: SocketAddr, admin: SocketAddr) -> String {
+    template
+        .replace("{listen}", &listen.to_string())
+        .replace("{admin}", &admin.to_string())
+}
+
+/// The usual head of a test config: listeners, one thread, short grace periods.
+pub const HEAD: &str = r#"listen: "{listen}"
+metrics_listen: "{admin}"
+threads: 1
+grace_period_seconds: 1
+graceful_shutdown_timeout_seconds: 1
+"#;
+
+impl Gateway {
+    /// Starts the gateway with `config` (a template with `{listen}`/`{admin}`) and waits until
+    /// `/readyz` answers 200.
+    pub async fn start(config: &str) -> Gateway {
+        Self::start_with(config, &[], &[]).await
+    }
+
+    pub async fn start_with(config: &str, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            let dir = scratch_dir();
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let config_path = dir.join("pollgate.yaml");
+            std::fs::write(&config_path, render(config, addr, admin)).unwrap();
+            let log_path = dir.join("pollgate.log");
+            let log = std::fs::File::create(&log_path).unwrap();
+            let mut cmd = Command::new(BIN);
+            cmd.arg("-c").arg(&config_path).args(args);
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            cmd.env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+            let child = cmd
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("spawn pollgate");
+            let mut gw = Gateway {
+                child: Some(child),
+                addr,
+                admin,
+                config_path,
+                log_path,
+                dir,
+            };
+            match gw.wait_ready(Duration::from_secs(30)).await {
+                Ok(()) => return gw,
+                Err(e) => {
+                    last_err = format!("{e}\n--- log ---\n{}", gw.log());
+                    gw.kill();
+                }
+            }
+        }
+        panic!("gateway did not start: {last_err}");
+    }
+
+    async fn wait_ready(&mut self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return Err(format!("exited early with {status}"));
+            }
+            if let Ok((200, _)) = raw_get(self.admin, "/readyz").await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err("not ready in time".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> String {
+        raw_get(self.admin, "/metrics").await.unwrap().1
+    }
+
+    /// The value of one sample line (`name{labels}`), or 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Polls `cond` on the metrics text until it holds (bounded), for asynchronous effects.
+    pub async fn wait_metric(&self, series: &str, pred: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.metric(series).await;
+            if pred(v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "metric {series} stuck at {v}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The value of `series` (exact `name{labels}` text as Prometheus prints it) in an exposition.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix(series) {
+            if let Some(v) = rest.strip_prefix(' ') {
+                return v.trim().parse().unwrap_or(f64::NAN);
+            }
+        }
+    }
+    0.0
+}
+
+/// One HTTP/1.1 GET over a fresh connection: (status, body).
+pub async fn raw_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let resp = raw_request(addr, req.as_bytes(), Duration::from_secs(5)).await?;
+    let (head, body) = split_response(&resp);
+    Ok((status_of(&head), body))
+}
+
+/// Sends raw bytes and reads until the server closes or `limit` passes.
+pub async fn raw_request(
+    addr: SocketAddr,
+    bytes: &[u8],
+    limit: Duration,
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(bytes).await?;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
+    Ok(out)
+}
+
+pub fn split_response(resp: &[u8]) -> (String, String) {
+    let text = String::from_utf8_lossy(resp).into_owned();
+    match text.split_once("\r\n\r\n") {
+        Some((h, b)) => (h.to_string(), b.to_string()),
+        None => (text, String::new()),
+    }
+}
+
+pub fn status_of(head: &str) -> u16 {
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The value of a header in a raw response head (case-insensitive name).
+pub fn header_of(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// A reqwest client that does not pool across tests.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Reads a file's text from the repository root.
+pub fn repo_file(path: &str) -> String {
+    let mut p = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    p.push(path);
+    let mut s = String::new();
+    std::fs::File::open(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .read_to_string(&mut s)
+        .unwrap();
+    s
+}
