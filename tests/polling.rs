@@ -1,0 +1,715 @@
+//! Polling from cache: short, conditional, long and cursor polls answered from the per-topic
+//! cache that the gateway fills from its own upstream WebSocket subscriptions.
+
+mod common;
+
+use common::*;
+use futures_util::StreamExt;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+fn config(up: &Upstream, routes: &str) -> String {
+    format!(
+        r#"{HEAD}upstreams:
+  backend:
+    address: "{}"
+    read_timeout: 5s
+routes:
+{routes}
+  - name: default
+    prefix: "/"
+    upstream: backend
+"#,
+        up.addr
+    )
+}
+
+const LATEST: &str = r#"  - name: prices
+    path: "/api/prices/{topic}"
+    upstream: backend
+    access: public
+    subscribe:
+      path: "/ws/prices/{topic}"
+    mode: latest
+    content_type: application/json
+    first_message_wait: 2s
+"#;
+
+const LATEST_LONG: &str = r#"  - name: prices
+    path: "/api/prices/{topic}"
+    upstream: backend
+    access: public
+    subscribe:
+      path: "/ws/prices/{topic}"
+    mode: latest
+    long_poll: 20s
+    first_message_wait: 2s
+"#;
+
+const SINCE: &str = r#"  - name: news
+    path: "/api/news/{topic}"
+    upstream: backend
+    access: public
+    subscribe:
+      path: "/ws/news/{topic}"
+    mode: since
+    history: 2000
+    long_poll: 20s
+    first_message_wait: 2s
+"#;
+
+const SHARED: &str = r#"  - name: feed
+    path: "/feed/{topic}"
+    upstream: backend
+    access: public
+    subscribe:
+      path: "/ws"
+      send: '{"op":"subscribe","topic":"{topic}"}'
+      unsend: '{"op":"unsubscribe","topic":"{topic}"}'
+      topic_pointer: "/topic"
+      payload_pointer: "/data"
+    mode: since
+    id_pointer: "/id"
+    history: 100
+    long_poll: 20s
+    first_message_wait: 2s
+"#;
+
+struct Resp {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<String> {
+        header_of(&self.head, name)
+    }
+}
+
+async fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let raw = raw_request(gw.addr, req.as_bytes(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (head, body) = split_response(&raw);
+    Resp {
+        status: status_of(&head),
+        head,
+        body,
+    }
+}
+
+#[tokio::test]
+async fn latest_mode_serves_the_newest_payload_with_validators() {
+    let up = Upstream::start().await;
+    let payload = r#"{"price": 101.5, "note": "ünïcode"}"#;
+    up.publish("/ws/prices/btc", payload);
+    let gw = Gateway::start(&config(&up, LATEST)).await;
+    let r = get(&gw, "/api/prices/btc", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.body, payload, "byte for byte");
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-cache"));
+    assert!(r.header("age").is_some());
+    let etag = r.header("etag").unwrap();
+    assert!(etag.starts_with('"') && etag.ends_with('"') && !etag.starts_with("W/"));
+
+    // Conditional: same ETag gives 304, an old one gives the new payload.
+    let r = get(&gw, "/api/prices/btc", &[("If-None-Match", &etag)]).await;
+    assert_eq!(r.status, 304);
+    assert_eq!(r.header("etag").as_deref(), Some(etag.as_str()));
+    up.publish("/ws/prices/btc", r#"{"price": 102}"#);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = get(&gw, "/api/prices/btc", &[("If-None-Match", &etag)]).await;
+        if r.status == 200 {
+            assert_eq!(r.body, r#"{"price": 102}"#);
+            assert_ne!(r.header("etag").unwrap(), etag);
+            break;
+        }
+        assert!(Instant::now() < deadline, "new message never visible");
+    }
+    // HEAD: the same headers, no body.
+    let raw = raw_request(
+        gw.addr,
+        b"HEAD /api/prices/btc HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let (head, body) = split_response(&raw);
+    assert_eq!(status_of(&head), 200);
+    assert_eq!(header_of(&head, "content-length").as_deref(), Some("14"));
+    assert!(body.is_empty());
+    // Only WebSocket subscriptions reached the backend: no HTTP poll was forwarded.
+    assert!(up.http_requests().is_empty(), "{:?}", up.http_requests());
+    let m = gw.metrics().await;
+    assert!(
+        metric_value(
+            &m,
+            r#"pollgate_poll_requests_total{outcome="hit",route="prices"}"#
+        ) >= 2.0,
+        "{m}"
+    );
+    assert!(
+        metric_value(
+            &m,
+            r#"pollgate_poll_requests_total{outcome="not_modified",route="prices"}"#
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric_value(
+            &m,
+            r#"pollgate_upstream_requests_saved_total{route="prices"}"#
+        ) >= 3.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, r#"pollgate_upstream_subscriptions{route="prices"}"#),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, r#"pollgate_topics_cached{route="prices"}"#),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        metric_value(&m, r#"pollgate_upstream_messages_total{route="prices"}"#) >= 2.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn etags_are_the_same_on_every_replica() {
+    let up = Upstream::start().await;
+    up.publish("/ws/prices/eth", r#"{"price": 7}"#);
+    let a = Gateway::start(&config(&up, LATEST)).await;
+    let b = Gateway::start(&config(&up, LATEST)).await;
+    let ra = get(&a, "/api/prices/eth", &[]).await;
+    let rb = get(&b, "/api/prices/eth", &[]).await;
+    assert_eq!(ra.status, 200);
+    assert_eq!(ra.header("etag"), rb.header("etag"));
+    // A client hopping replicas with its ETag is not sent the same message again.
+    let r = get(
+        &b,
+        "/api/prices/eth",
+        &[("If-None-Match", &ra.header("etag").unwrap())],
+    )
+    .await;
+    assert_eq!(r.status, 304);
+}
+
+#[tokio::test]
+async fn a_held_long_poll_returns_with_the_next_message() {
+    let up = Upstream::start().await;
+    up.publish("/ws/prices/btc", "v1");
+    let gw = Gateway::start(&config(&up, LATEST_LONG)).await;
+    let r = get(&gw, "/api/prices/btc", &[]).await;
+    let etag = r.header("etag").unwrap();
+    let gw_addr = gw.addr;
+    let held = tokio::spawn(async move {
+        let req = format!("GET /api/prices/btc HTTP/1.1\r\nHost: t\r\nConnection: close\r\nIf-None-Match: {etag}\r\n\r\n");
+        let raw = raw_request(gw_addr, req.as_bytes(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        (Instant::now(), raw)
+    });
+    gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 1.0)
+        .await;
+    let published = Instant::now();
+    up.publish("/ws/prices/btc", "v2");
+    let (answered, raw) = held.await.unwrap();
+    let (head, body) = split_response(&raw);
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(body, "v2");
+    // Answered after the publish and long before the 20 s hold would have ended.
+    assert!(answered >= published);
+    assert!(
+        answered - published < Duration::from_secs(5),
+        "{:?}",
+        answered - published
+    );
+    gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 0.0)
+        .await;
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"pollgate_poll_requests_total{outcome="held_served",route="prices"}"#
+        ),
+        1.0
+    );
+    assert!(metric_value(&m, r#"pollgate_delivery_lag_seconds_count{route="prices"}"#) >= 1.0);
+}
+
+#[tokio::test]
+async fn prefer_wait_holds_a_poll_and_times_out_with_304() {
+    let up = Upstream::start().await;
+    up.publish("/ws/prices/x", "same");
+    let gw = Gateway::start(&config(&up, LATEST)).await;
+    let etag = get(&gw, "/api/prices/x", &[]).await.header("etag").unwrap();
+    let t = Instant::now();
+    let r = get(
+        &gw,
+        "/api/prices/x",
+        &[("If-None-Match", &etag), ("Prefer", "wait=1")],
+    )
+    .await;
+    assert_eq!(r.status, 304, "{}", r.head);
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "not held: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(r.header("preference-applied").as_deref(), Some("wait=1"));
+    // Capped by the route: the route's max_wait (30 s default here) bounds a huge request.
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"pollgate_poll_requests_total{outcome="held_timeout",route="prices"}"#
+        ),
+        1.0
+    );
+    for bad in ["wait=abc", "wait=-1", "wait"] {
+        let r = get(&gw, "/api/prices/x", &[("Prefer", bad)]).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.head);
+    }
+}
+
+#[tokio::test]
+async fn many_pollers_cost_one_subscription_per_topic() {
+    let up = Upstream::start().await;
+    for t in 0..5 {
+        up.publish(&format!("/ws/prices/t{t}"), &format!("topic {t}"));
+    }
+    let gw = Gateway::start(&config(&up, LATEST)).await;
+    let c = client();
+    let mut tasks = Vec::new();
+    for i in 0..500 {
+        let c = c.clone();
+        let url = gw.url(&format!("/api/prices/t{}", i % 5));
+        tasks.push(tokio::spawn(async move {
+            let r = c.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap(), i % 5)
+        }));
+    }
+    for t in tasks {
+        let (status, body, topic) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body, format!("topic {topic}"));
+    }
+    // Warm: another round costs the backend nothing at all.
+    for i in 0..100 {
+        let r = c
+            .get(gw.url(&format!("/api/prices/t{}", i % 5)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(up.ws_connects_total(), 5, "one subscription per topic");
+    for t in 0..5 {
+        assert_eq!(up.ws_connects(&format!("/ws/prices/t{t}")), 1);
+    }
+    assert!(
+        up.http_requests().is_empty(),
+        "{} HTTP requests reached the backend",
+        up.http_requests().len()
+    );
+}
+
+#[tokio::test]
+async fn since_mode_delivers_every_message_exactly_once_in_order() {
+    let up = Upstream::start().await;
+    up.publish("/ws/news/n", "0");
+    let gw = Gateway::start(&config(&up, SINCE)).await;
+    let first = get(&gw, "/api/news/n", &[]).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body, "[0]");
+    let mut cursor = first.header("pollgate-cursor").unwrap();
+    assert_eq!(first.header("etag").unwrap(), format!("\"{cursor}\""));
+
+    let gw_addr = gw.addr;
+    let reader = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut gaps = 0;
+        while seen.len() < 1000 {
+            let req = format!(
+                "GET /api/news/n?since={cursor} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            );
+            let raw = raw_request(gw_addr, req.as_bytes(), Duration::from_secs(30))
+                .await
+                .unwrap();
+            let (head, body) = split_response(&raw);
+            assert_eq!(status_of(&head), 200, "{head}");
+            if header_of(&head, "pollgate-gap").is_some() {
+                gaps += 1;
+            }
+            let items: Vec<u64> = serde_json::from_str(&body).unwrap();
+            seen.extend(items);
+            cursor = header_of(&head, "pollgate-cursor").unwrap();
+        }
+        (seen, gaps)
+    });
+    for i in 1..=1000 {
+        up.publish_live("/ws/news/n", &i.to_string());
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let (seen, gaps) = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, (1..=1000).collect::<Vec<u64>>());
+    assert_eq!(gaps, 0);
+}
+
+#[tokio::test]
+async fn since_mode_flags_cursors_outside_history_and_rejects_bad_ones() {
+    let up = Upstream::start().await;
+    up.publish("/ws/news/h", "0");
+    let gw = Gateway::start(&config(&up, &SINCE.replace("history: 2000", "history: 3"))).await;
+    let first = get(&gw, "/api/news/h", &[]).await;
+    let c0 = first.header("pollgate-cursor").unwrap();
+    for i in 1..=5 {
+        up.publish_live("/ws/news/h", &i.to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = get(&gw, &format!("/api/news/h?since={c0}"), &[]).await;
+        if r.body == "[3,4,5]" {
+            assert_eq!(r.header("pollgate-gap").as_deref(), Some("true"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", r.body);
+    }
+    for bad in ["abc", "1.5", "-3", "%ff"] {
+        let r = get(&gw, &format!("/api/news/h?since={bad}"), &[]).await;
+        assert_eq!(r.status, 400, "cursor {bad}");
+    }
+    assert!(up.http_requests().is_empty());
+}
+
+#[tokio::test]
+async fn shared_socket_routes_messages_to_their_topics() {
+    let up = Upstream::start().await;
+    up.publish_shared("a", r#"{"topic":"a","id":"a-1","data":{"v":"a1"}}"#);
+    up.publish_shared("b", r#"{"topic":"b","id":"b-1","data":{"v":"b1"}}"#);
+    let gw = Gateway::start(&config(&up, SHARED)).await;
+    let ra = get(&gw, "/feed/a", &[]).await;
+    let rb = get(&gw, "/feed/b", &[]).await;
+    assert_eq!(ra.body, r#"[{"v":"a1"}]"#);
+    assert_eq!(rb.body, r#"[{"v":"b1"}]"#);
+    assert_eq!(ra.header("pollgate-cursor").as_deref(), Some("a-1"));
+    up.publish_shared("b", r#"{"topic":"b","id":"b-2","data":{"v":"b2"}}"#);
+    up.publish_shared("a", r#"{"topic":"a","id":"a-2","data":{"v":"a2"}}"#);
+    let ra = get(&gw, "/feed/a?since=a-1", &[]).await;
+    let rb = get(&gw, "/feed/b?since=b-1", &[]).await;
+    assert_eq!(ra.body, r#"[{"v":"a2"}]"#, "{}", ra.head);
+    assert_eq!(rb.body, r#"[{"v":"b2"}]"#);
+    assert_eq!(up.ws_connects("/ws"), 1, "one shared socket for all topics");
+    let frames = up.shared_frames();
+    assert!(
+        frames.contains(&r#"{"op":"subscribe","topic":"a"}"#.to_string()),
+        "{frames:?}"
+    );
+    assert!(
+        frames.contains(&r#"{"op":"subscribe","topic":"b"}"#.to_string()),
+        "{frames:?}"
+    );
+}
+
+#[tokio::test]
+async fn cold_topics_fall_back_to_the_backend_over_http() {
+    let up = Upstream::start().await;
+    up.refuse_ws("/ws/prices/refused");
+    up.on_http(|r| Reply::ok(&format!("legacy answer for {}", r.target)));
+    let gw = Gateway::start(&config(
+        &up,
+        &LATEST.replace("first_message_wait: 2s", "first_message_wait: 300ms"),
+    ))
+    .await;
+    // The upstream refuses the subscription: the poll is forwarded unchanged.
+    let r = get(&gw, "/api/prices/refused?x=1", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "legacy answer for /api/prices/refused?x=1");
+    // The subscription opens but says nothing within first_message_wait.
+    let t = Instant::now();
+    let r = get(&gw, "/api/prices/quiet", &[]).await;
+    assert_eq!(r.body, "legacy answer for /api/prices/quiet");
+    assert!(t.elapsed() >= Duration::from_millis(250));
+    assert_eq!(up.http_requests().len(), 2);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"pollgate_poll_requests_total{outcome="fallback",route="prices"}"#
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn hung_up_pollers_are_released_at_once() {
+    let up = Upstream::start().await;
+    up.publish("/ws/prices/h", "v");
+    let gw = Gateway::start(&config(&up, LATEST_LONG)).await;
+    let etag = get(&gw, "/api/prices/h", &[]).await.header("etag").unwrap();
+    let mut socks = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(
+            format!("GET /api/prices/h HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        socks.push(s);
+    }
+    gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 20.0)
+        .await;
+    drop(socks);
+    gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 0.0)
+        .await;
+}
+
+#[tokio::test]
+async fn shutdown_answers_every_held_poll() {
+    let up = Upstream::start().await;
+    up.publish("/ws/prices/s", "v");
+    let mut gw = Gateway::start(&config(&up, LATEST_LONG)).await;
+    let etag = get(&gw, "/api/prices/s", &[]).await.header("etag").unwrap();
+    let mut socks = Vec::new();
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(
+            format!("GET /api/prices/s HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        socks.push(s);
+    }
+    gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 5.0)
+        .await;
+    gw.signal("TERM");
+    for mut s in socks {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("answered before exit")
+            .unwrap();
+        let (head, _) = split_response(&out);
+        assert_eq!(status_of(&head), 304, "{head}");
+    }
+    let code = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn limits_refuse_with_503_and_retry_after() {
+    let up = Upstream::start().await;
+    up.publish("/ws/prices/a", "a");
+    up.publish("/ws/prices/b", "b");
+    let cfg = config(
+        &up,
+        &LATEST_LONG.replace(
+            "    mode: latest\n",
+            "    mode: latest\n    max_held_polls: 1\n",
+        ),
+    )
+    .replace("threads: 1\n", "threads: 1\nmax_topics: 1\n");
+    let gw = Gateway::start(&cfg).await;
+    assert_eq!(get(&gw, "/api/prices/a", &[]).await.status, 200);
+    let r = get(&gw, "/api/prices/b", &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    let etag = get(&gw, "/api/prices/a", &[]).await.header("etag").unwrap();
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        format!("GET /api/prices/a HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 1.0)
+        .await;
+    let r = get(&gw, "/api/prices/a", &[("If-None-Match", &etag)]).await;
+    assert_eq!(r.status, 503);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"pollgate_rejected_total{reason="max_topics",route="prices"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"pollgate_rejected_total{reason="max_held_polls",route="prices"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"pollgate_poll_requests_total{outcome="rejected",route="prices"}"#
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn idle_topics_are_unsubscribed_and_evicted() {
+    let up = Upstream::start().await;
+    up.publish("/ws/prices/idle", "v");
+    let gw = Gateway::start(&config(
+        &up,
+        &LATEST.replace(
+            "    mode: latest\n",
+            "    mode: latest\n    idle_unsubscribe: 500ms\n",
+        ),
+    ))
+    .await;
+    assert_eq!(get(&gw, "/api/prices/idle", &[]).await.status, 200);
+    assert_eq!(up.ws_open("/ws/prices/idle"), 1);
+    up.wait_for("the idle subscription to close", |u| {
+        u.ws_open("/ws/prices/idle") == 0
+    })
+    .await;
+    gw.wait_metric(r#"pollgate_topics_cached{route="prices"}"#, |v| v == 0.0)
+        .await;
+    assert_eq!(
+        gw.metric(r#"pollgate_upstream_subscriptions{route="prices"}"#)
+            .await,
+        0.0
+    );
+    // Polled again, it is subscribed again.
+    assert_eq!(get(&gw, "/api/prices/idle", &[]).await.status, 200);
+    assert_eq!(up.ws_connects("/ws/prices/idle"), 2);
+}
+
+#[tokio::test]
+async fn other_methods_and_websockets_on_poll_paths_go_to_the_backend() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&config(&up, LATEST)).await;
+    let r = client()
+        .post(gw.url("/api/prices/btc"))
+        .body("order")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "upstream saw POST /api/prices/btc");
+    // A WebSocket handshake on a poll path is passed through, not polled.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/prices/btc", gw.addr))
+        .await
+        .unwrap();
+    up.wait_for("the tunnel", |u| u.ws_open("/api/prices/btc") == 1)
+        .await;
+    up.publish_live("/api/prices/btc", "pushed");
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("pushed"));
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_topics_are_refused() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&config(&up, LATEST)).await;
+    let long = "a".repeat(257);
+    for path in [
+        format!("/api/prices/{long}"),
+        "/api/prices/%ff%fe".to_string(),
+        "/api/prices/%zz".to_string(),
+    ] {
+        let r = get(&gw, &path, &[]).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.head);
+    }
+    let raw = raw_request(
+        gw.addr,
+        b"GET /api/prices/btc HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status_of(&split_response(&raw).0), 400);
+    assert!(up.requests().is_empty(), "{:?}", up.requests());
+}
+
+#[tokio::test]
+async fn interrupted_subscriptions_reconnect_and_flag_the_gap() {
+    let up = Upstream::start().await;
+    up.publish("/ws/news/g", "1");
+    let gw = Gateway::start(&config(&up, SINCE)).await;
+    let r = get(&gw, "/api/news/g", &[]).await;
+    assert_eq!(r.body, "[1]");
+    let cursor = r.header("pollgate-cursor").unwrap();
+    up.drop_websockets();
+    up.wait_for("the reconnect", |u| u.ws_connects("/ws/news/g") >= 2)
+        .await;
+    gw.wait_metric(r#"pollgate_upstream_reconnects_total{route="news"}"#, |v| {
+        v >= 1.0
+    })
+    .await;
+    up.wait_for("the new socket", |u| u.ws_open("/ws/news/g") == 1)
+        .await;
+    up.publish_live("/ws/news/g", "2");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = get(
+            &gw,
+            &format!("/api/news/g?since={cursor}"),
+            &[("Prefer", "wait=2")],
+        )
+        .await;
+        if r.body.contains('2') {
+            assert_eq!(
+                r.header("pollgate-gap").as_deref(),
+                Some("true"),
+                "{}",
+                r.head
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} {}", r.head, r.body);
+    }
+}
+
+#[tokio::test]
+async fn subscription_headers_expand_the_environment() {
+    let up = Upstream::start().await;
+    up.publish("/ws/prices/env", "v");
+    let routes = LATEST.replace(
+        "      path: \"/ws/prices/{topic}\"\n",
+        "      path: \"/ws/prices/{topic}\"\n      headers: { Authorization: \"Bearer ${POLLGATE_TEST_TOKEN}\" }\n",
+    );
+    let gw = Gateway::start_with(
+        &config(&up, &routes),
+        &[],
+        &[("POLLGATE_TEST_TOKEN", "t0k3n")],
+    )
+    .await;
+    assert_eq!(get(&gw, "/api/prices/env", &[]).await.status, 200);
+    let hs = up
+        .requests()
+        .into_iter()
+        .find(|r| r.target == "/ws/prices/env")
+        .unwrap();
+    assert_eq!(hs.header("authorization"), Some("Bearer t0k3n"));
+}
