@@ -112,7 +112,7 @@ impl Metrics {
             poll_requests: counter_vec(
                 &r,
                 "pollgate_poll_requests_total",
-                "Poll requests by outcome (hit, not_modified, held_served, held_timeout, fallback, rejected)",
+                "Poll requests by outcome (hit, not_modified, held_served, held_timeout, fallback, rejected, denied)",
                 &["route", "outcome"],
             ),
             long_polls_held: gauge_vec(
@@ -173,7 +173,7 @@ impl Metrics {
             rejected: counter_vec(
                 &r,
                 "pollgate_rejected_total",
-                "Requests refused by a limit, by reason (max_topics, max_held_polls)",
+                "Requests refused by a limit, by reason (max_connections, max_websockets, max_topics, max_held_polls)",
                 &["route", "reason"],
             ),
             config_reloads: counter_vec(
@@ -205,6 +205,7 @@ pub struct RouteMetrics {
     pub held_timeout: IntCounter,
     pub fallback: IntCounter,
     pub rejected_polls: IntCounter,
+    pub denied: IntCounter,
     pub saved: IntCounter,
     pub held: prometheus::IntGauge,
     pub subscriptions: prometheus::IntGauge,
@@ -229,6 +230,7 @@ impl RouteMetrics {
             held_timeout: outcome("held_timeout"),
             fallback: outcome("fallback"),
             rejected_polls: outcome("rejected"),
+            denied: outcome("denied"),
             saved: m.requests_saved.with_label_values(&[route]),
             held: m.long_polls_held.with_label_values(&[route]),
             subscriptions: m.upstream_subscriptions.with_label_values(&[route]),

@@ -23,6 +23,11 @@ pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(60);
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(15);
 pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(100);
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+pub const DEFAULT_MAX_WEBSOCKETS: usize = 10_000;
+pub const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 32 * 1024;
+pub const DEFAULT_MAX_REQUEST_LINE_BYTES: usize = 8 * 1024;
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 5;
 pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
 
@@ -35,8 +40,24 @@ pub struct Config {
     pub max_held_polls: usize,
     /// One log line per request (target `access`).
     pub access_log: bool,
+    pub limits: Limits,
     pub upstreams: Vec<Arc<Upstream>>,
     pub routes: Vec<Route>,
+}
+
+/// Process-wide caps and request-size limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open client connections (idle keep-alive ones included).
+    pub max_connections: usize,
+    /// WebSocket tunnels passed through at once.
+    pub max_websockets: usize,
+    /// Request line plus headers, in bytes, before 431.
+    pub max_request_header_bytes: usize,
+    /// The request line alone, in bytes, before 431.
+    pub max_request_line_bytes: usize,
+    /// Idle time allowed between requests on a keep-alive client connection.
+    pub keepalive_timeout: Duration,
 }
 
 /// pingora's own process options, settable from the YAML (and some from flags).
@@ -72,6 +93,8 @@ pub struct Route {
     pub name: Arc<str>,
     pub matcher: Matcher,
     pub upstream: Arc<Upstream>,
+    /// Per-route cap on WebSocket tunnels.
+    pub max_websockets: Option<usize>,
     /// Present on `path:` routes with a `subscribe:` block.
     pub poll: Option<Arc<PollRoute>>,
 }

@@ -84,6 +84,33 @@ pub fn validate(
         p.add(&[key("max_topics")], "must be at least 1");
     }
     let max_held_polls = file.max_held_polls.unwrap_or(DEFAULT_MAX_HELD_POLLS);
+    for (k, v, lo, hi) in [
+        ("max_connections", file.max_connections, 1, 10_000_000),
+        ("max_websockets", file.max_websockets, 0, 10_000_000),
+        (
+            "max_request_header_bytes",
+            file.max_request_header_bytes,
+            256,
+            1 << 20,
+        ),
+        (
+            "max_request_line_bytes",
+            file.max_request_line_bytes,
+            64,
+            1 << 20,
+        ),
+    ] {
+        if let Some(v) = v {
+            if !(lo..=hi).contains(&v) {
+                p.add(&[key(k)], format!("must be between {lo} and {hi}"));
+            }
+        }
+    }
+    if let Some(k) = file.keepalive_timeout {
+        if k.0 < Duration::from_secs(1) {
+            p.add(&[key("keepalive_timeout")], "must be at least 1s");
+        }
+    }
 
     let mut upstreams = Vec::new();
     for (name, u) in file.upstreams {
@@ -134,6 +161,20 @@ pub fn validate(
         max_topics,
         max_held_polls,
         access_log: file.access_log.unwrap_or(true),
+        limits: Limits {
+            max_connections: file.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            max_websockets: file.max_websockets.unwrap_or(DEFAULT_MAX_WEBSOCKETS),
+            max_request_header_bytes: file
+                .max_request_header_bytes
+                .unwrap_or(DEFAULT_MAX_REQUEST_HEADER_BYTES),
+            max_request_line_bytes: file
+                .max_request_line_bytes
+                .unwrap_or(DEFAULT_MAX_REQUEST_LINE_BYTES),
+            keepalive_timeout: file
+                .keepalive_timeout
+                .map(|d| d.0)
+                .unwrap_or(DEFAULT_KEEPALIVE_TIMEOUT),
+        },
         upstreams,
         routes,
     })
@@ -304,6 +345,7 @@ fn route(
         name: Arc::from(r.name.as_str()),
         matcher: matcher?,
         upstream: upstream?,
+        max_websockets: r.max_websockets,
         poll: poll.map(Arc::new),
     })
 }

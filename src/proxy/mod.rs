@@ -4,14 +4,17 @@
 //! polls served from cache) or lets pingora proxy it: plain requests, WebSocket handshakes
 //! (pingora relays the upgraded tunnel both ways) and cold-topic poll fallbacks.
 
+pub mod access;
 pub mod handshake;
 pub mod headers;
+pub mod limits;
 pub mod poll;
 pub mod respond;
 pub mod router;
 
 use crate::cache::Store;
 use crate::config::Config;
+use crate::config::Limits;
 use crate::metrics::METRICS;
 use async_trait::async_trait;
 use handshake::Upgrade;
@@ -22,6 +25,8 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use poll::PollOutcome;
 use router::Router;
+use std::any::Any;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,6 +39,10 @@ pub struct GatewayState {
     router: Arc<RwLock<Arc<Router>>>,
     pub store: Store,
     access_log: Arc<std::sync::atomic::AtomicBool>,
+    limits: Arc<RwLock<Limits>>,
+    /// Open client connections, and WebSocket tunnels across all routes.
+    connections: Arc<AtomicUsize>,
+    websockets: Arc<AtomicUsize>,
 }
 
 impl GatewayState {
@@ -44,7 +53,14 @@ impl GatewayState {
             router: Arc::new(RwLock::new(Arc::new(router))),
             store,
             access_log: Arc::new(config.access_log.into()),
+            limits: Arc::new(RwLock::new(config.limits)),
+            connections: Arc::new(AtomicUsize::new(0)),
+            websockets: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     pub fn router(&self) -> Arc<Router> {
@@ -60,8 +76,8 @@ impl GatewayState {
         }
         self.store
             .set_limits(config.max_topics, config.max_held_polls);
-        self.access_log
-            .store(config.access_log, std::sync::atomic::Ordering::Relaxed);
+        self.access_log.store(config.access_log, Ordering::Relaxed);
+        *self.limits.write() = config.limits;
         *self.router.write() = next;
     }
 }
@@ -110,6 +126,11 @@ pub struct Ctx {
     /// Status of a response the gateway wrote itself.
     status: u16,
     tunnel_open: bool,
+    /// This request's client connection slot: shared with the connection's later requests
+    /// through pingora's persisted connection context, released when the connection closes.
+    connection: Option<Arc<limits::Slot>>,
+    /// Global and per-route WebSocket tunnel slots, held for the tunnel's life.
+    tunnel_slots: Option<(limits::Slot, Option<limits::Slot>)>,
 }
 
 impl Ctx {
@@ -150,6 +171,29 @@ impl ProxyHttp for Gateway {
             kind: Kind::Proxy,
             status: 0,
             tunnel_open: false,
+            connection: None,
+            tunnel_slots: None,
+        }
+    }
+
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        ctx: &Ctx,
+    ) -> Option<Box<dyn Any + Send + Sync>> {
+        ctx.connection
+            .clone()
+            .map(|c| Box::new(c) as Box<dyn Any + Send + Sync>)
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+        prev: Box<dyn Any + Send + Sync>,
+    ) {
+        if let Ok(slot) = prev.downcast::<Arc<limits::Slot>>() {
+            ctx.connection = Some(*slot);
         }
     }
 
@@ -160,6 +204,54 @@ impl ProxyHttp for Gateway {
     ) -> pingora_error::Result<bool> {
         let router = self.state.router();
         ctx.router = Some(router.clone());
+        let limits = *self.state.limits.read();
+        if ctx.connection.is_none() {
+            // The first request of a new connection takes its slot.
+            match limits::try_take(&self.state.connections, limits.max_connections) {
+                Some(slot) => ctx.connection = Some(Arc::new(slot)),
+                None => {
+                    METRICS
+                        .rejected
+                        .with_label_values(&["none", "max_connections"])
+                        .inc();
+                    ctx.kind = Kind::Local;
+                    ctx.status = 503;
+                    respond::json_error(
+                        session,
+                        503,
+                        "too many client connections",
+                        &[("retry-after", "1".to_string())],
+                        true,
+                    )
+                    .await?;
+                    return Ok(true);
+                }
+            }
+        }
+        session.set_keepalive(Some(limits.keepalive_timeout.as_secs()));
+        if let Some((status, reason)) = check_request_shape(session.req_header(), &limits) {
+            return local_error(session, ctx, status, reason).await;
+        }
+        if session
+            .req_header()
+            .headers
+            .contains_key(http::header::TRANSFER_ENCODING)
+        {
+            // pingora drops Content-Length when Transfer-Encoding is present (RFC 9112 6.3);
+            // the raw head still tells whether the client sent both, which we refuse.
+            let both = session
+                .as_http1()
+                .is_some_and(|h1| raw_has_header(&h1.get_headers_raw_bytes(), b"content-length"));
+            if both {
+                return local_error(
+                    session,
+                    ctx,
+                    400,
+                    "both Content-Length and Transfer-Encoding",
+                )
+                .await;
+            }
+        }
         let req = session.req_header();
         // pingora keeps only the path of an absolute-form target in `uri`; the raw target
         // tells. Routing is by path alone, so a foreign authority is refused, never followed.
@@ -182,6 +274,32 @@ impl ProxyHttp for Gateway {
             }
             Upgrade::WebSocket => {
                 ctx.kind = Kind::WebSocket;
+                let route_cap = m.entry.route.max_websockets;
+                let global = limits::try_take(&self.state.websockets, limits.max_websockets);
+                let local = match (global.is_some(), route_cap) {
+                    (true, Some(max)) => limits::try_take(&m.entry.websockets, max).map(Some),
+                    (true, None) => Some(None),
+                    (false, _) => None,
+                };
+                match (global, local) {
+                    (Some(g), Some(l)) => ctx.tunnel_slots = Some((g, l)),
+                    _ => {
+                        METRICS
+                            .rejected
+                            .with_label_values(&[&m.entry.route.name, "max_websockets"])
+                            .inc();
+                        ctx.status = 503;
+                        respond::json_error(
+                            session,
+                            503,
+                            "too many WebSocket tunnels",
+                            &[("retry-after", "1".to_string())],
+                            false,
+                        )
+                        .await?;
+                        return Ok(true);
+                    }
+                }
                 // The client's side of an idle tunnel must outlive pingora's 60 s default read
                 // timeout, for as long as the upstream's `websocket_idle_timeout`.
                 let idle = m.entry.route.upstream.websocket_idle_timeout;
@@ -195,7 +313,8 @@ impl ProxyHttp for Gateway {
             ctx.kind = Kind::Poll;
             let hub = hub.clone();
             let raw_topic = raw_topic.to_string();
-            return match poll::serve(session, &hub, &raw_topic).await? {
+            let entry = &router.entries[m.index];
+            return match poll::serve(session, &hub, &raw_topic, &entry.access).await? {
                 PollOutcome::Answered(status) => {
                     ctx.status = status;
                     Ok(true)
@@ -304,7 +423,15 @@ impl ProxyHttp for Gateway {
                 .with_label_values(&[&entry.route.upstream.name, kind])
                 .inc();
         }
+        // A poll that fell back because the cache could not answer, and then found the backend
+        // down too, is a temporary condition the client should retry.
+        let (status, retry) = if ctx.kind == Kind::Fallback && (status == 502 || status == 504) {
+            (503, true)
+        } else {
+            (status, false)
+        };
         let message = match status {
+            503 if retry => "no fresh data cached and the backend is unavailable",
             502 => "the upstream could not be reached or answered badly",
             504 => "the upstream did not answer in time",
             400 => "the request could not be read",
@@ -312,7 +439,12 @@ impl ProxyHttp for Gateway {
         };
         if status > 0 && session.response_written().is_none() {
             ctx.status = status;
-            if respond::json_error(session, status, message, &[], true)
+            let extra = if retry {
+                vec![("retry-after", "1".to_string())]
+            } else {
+                Vec::new()
+            };
+            if respond::json_error(session, status, message, &extra, true)
                 .await
                 .is_err()
             {
@@ -383,4 +515,65 @@ impl ProxyHttp for Gateway {
             );
         }
     }
+}
+
+/// Refuses requests whose size or framing is unsafe to pass on: oversized request lines or
+/// headers (431), and the ambiguous framings behind request smuggling (400).
+fn check_request_shape(req: &RequestHeader, limits: &Limits) -> Option<(u16, &'static str)> {
+    let line = req.method.as_str().len() + req.raw_path().len() + 11;
+    if line > limits.max_request_line_bytes {
+        return Some((431, "request line too large"));
+    }
+    let headers: usize = req
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if line + headers > limits.max_request_header_bytes {
+        return Some((431, "request headers too large"));
+    }
+    let hosts = req.headers.get_all(http::header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && req.version == http::Version::HTTP_11) {
+        return Some((400, "HTTP/1.1 requests need exactly one Host header"));
+    }
+    let lengths: Vec<_> = req
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .collect();
+    let te: Vec<_> = req
+        .headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .collect();
+    if lengths.len() > 1 {
+        return Some((400, "more than one Content-Length header"));
+    }
+    if let Some(l) = lengths.first() {
+        let ok = !l.is_empty() && l.as_bytes().iter().all(u8::is_ascii_digit);
+        if !ok {
+            return Some((400, "Content-Length is not a number"));
+        }
+    }
+    if !te.is_empty() {
+        if !lengths.is_empty() {
+            return Some((400, "both Content-Length and Transfer-Encoding"));
+        }
+        if req.version != http::Version::HTTP_11 {
+            return Some((400, "Transfer-Encoding needs HTTP/1.1"));
+        }
+        if te.len() > 1 || !te[0].as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Some((400, "unsupported Transfer-Encoding (only `chunked`)"));
+        }
+    }
+    None
+}
+
+/// Whether a raw request head contains a header line named `name` (lowercase).
+fn raw_has_header(raw: &[u8], name: &[u8]) -> bool {
+    raw.split(|b| *b == b'\n').skip(1).any(|line| {
+        line.iter()
+            .position(|b| *b == b':')
+            .is_some_and(|i| line[..i].trim_ascii().eq_ignore_ascii_case(name))
+    })
 }

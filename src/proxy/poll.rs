@@ -1,10 +1,11 @@
 //! Answering polls from the cache: short, conditional (`If-None-Match`), long (held) and
 //! cursor (`since`) polls. See `docs/polling.md` for the semantics this implements.
 
+use super::access::{AccessCache, Decision};
 use super::respond::{has_body, json_error};
 use super::router::decode_topic;
 use crate::cache::{CacheError, CursorArg, Message, SubState, Topic};
-use crate::config::{Mode, PollRoute};
+use crate::config::{Access, Mode, PollRoute};
 use crate::metrics::METRICS;
 use crate::subscription::Hub;
 use bytes::{Bytes, BytesMut};
@@ -130,6 +131,7 @@ pub async fn serve(
     session: &mut Session,
     hub: &Arc<Hub>,
     raw_topic: &str,
+    access: &AccessCache,
 ) -> pingora_error::Result<PollOutcome> {
     let poll = hub.poll();
     let m = &hub.cache.metrics;
@@ -141,6 +143,50 @@ pub async fn serve(
         Ok(r) => r,
         Err(e) => return bad(session, &e).await,
     };
+    // Authorise before the topic is even created: an unauthorised client neither reads the
+    // cache nor makes the gateway subscribe.
+    if let Access::AuthRequest { path, cache_for } = &poll.access {
+        match access
+            .check(session, &hub.upstream, path, *cache_for, &topic_name)
+            .await
+        {
+            Ok(Decision::Allow) => {}
+            Ok(Decision::Deny {
+                status,
+                body,
+                content_type,
+                www_authenticate,
+            }) => {
+                m.denied.inc();
+                let mut h = ResponseHeader::build(status, Some(4))?;
+                h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+                h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+                if let Some(ct) = content_type {
+                    h.insert_header(http::header::CONTENT_TYPE, ct)?;
+                }
+                if let Some(w) = www_authenticate {
+                    h.insert_header(http::header::WWW_AUTHENTICATE, w)?;
+                }
+                return send(session, h, Some(body), false).await;
+            }
+            Err(e) => {
+                tracing::warn!(route = %hub.cache.name, error = %e, "auth_request failed; refusing");
+                METRICS
+                    .upstream_errors
+                    .with_label_values(&[&hub.upstream.name, "auth_request"])
+                    .inc();
+                json_error(
+                    session,
+                    503,
+                    "the authorization service is unavailable",
+                    &[("retry-after", "1".to_string())],
+                    false,
+                )
+                .await?;
+                return Ok(PollOutcome::Answered(503));
+            }
+        }
+    }
     let topic = match hub.topic(&topic_name) {
         Ok(t) => t,
         Err(e) => {

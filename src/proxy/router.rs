@@ -1,10 +1,12 @@
 //! First-match-wins routing on the request path. The Host header and absolute-form targets
 //! never choose the upstream: only the configured routes do (no open proxy).
 
+use super::access::AccessCache;
 use crate::cache::Store;
 use crate::config::{Config, Matcher, Route};
 use crate::subscription::Hub;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 /// A route with its runtime parts.
@@ -12,6 +14,10 @@ pub struct RouteEntry {
     pub route: Route,
     /// The cache and subscriptions of a poll route.
     pub hub: Option<Arc<Hub>>,
+    /// Cached `auth_request` decisions (poll routes with `access.auth_request`).
+    pub access: AccessCache,
+    /// WebSocket tunnels open on this route, for its `max_websockets`.
+    pub websockets: Arc<AtomicUsize>,
 }
 
 /// The routing table built from one config.
@@ -54,6 +60,8 @@ impl Router {
                 RouteEntry {
                     route: r.clone(),
                     hub,
+                    access: AccessCache::default(),
+                    websockets: Arc::new(AtomicUsize::new(0)),
                 }
             })
             .collect();

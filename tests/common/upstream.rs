@@ -70,6 +70,7 @@ struct State {
     ws_open: Mutex<HashMap<String, usize>>,
     shared_frames: Mutex<Vec<String>>,
     refuse: Mutex<HashSet<String>>,
+    stall: Mutex<HashSet<String>>,
     kill: broadcast::Sender<()>,
     accepts: std::sync::atomic::AtomicUsize,
 }
@@ -108,6 +109,7 @@ impl Upstream {
             ws_open: Mutex::new(HashMap::new()),
             shared_frames: Mutex::new(Vec::new()),
             refuse: Mutex::new(HashSet::new()),
+            stall: Mutex::new(HashSet::new()),
             kill: broadcast::channel(4).0,
             accepts: std::sync::atomic::AtomicUsize::new(0),
         });
@@ -156,6 +158,19 @@ impl Upstream {
 
     pub fn refuse_ws(&self, path: &str) {
         self.state.refuse.lock().insert(path.to_string());
+    }
+
+    pub fn allow_ws(&self, path: &str) {
+        self.state.refuse.lock().remove(path);
+    }
+
+    /// WebSockets on `path` complete the handshake, then go silent: no frames, no pongs.
+    pub fn stall_ws(&self, path: &str) {
+        self.state.stall.lock().insert(path.to_string());
+    }
+
+    pub fn unstall_ws(&self, path: &str) {
+        self.state.stall.lock().remove(path);
     }
 
     /// Publishes to per-topic sockets on `path` (and retains it for later subscribers).
@@ -298,6 +313,12 @@ async fn conn(st: Arc<State>, mut s: TcpStream) -> std::io::Result<()> {
             resp.push_str("\r\n");
             s.write_all(resp.as_bytes()).await?;
             *st.ws_connects.lock().entry(path.clone()).or_default() += 1;
+            if st.stall.lock().contains(&path) {
+                let mut kill = st.kill.subscribe();
+                let _held = s;
+                let _ = kill.recv().await;
+                return Ok(());
+            }
             *st.ws_open.lock().entry(path.clone()).or_default() += 1;
             let ws = WebSocketStream::from_raw_socket(s, Role::Server, None).await;
             let kill = st.kill.subscribe();
