@@ -4,6 +4,7 @@
 use crate::admin::AdminApp;
 use crate::background::Housekeeper;
 use crate::config::Config;
+use crate::proxy::header_deadline::HeaderDeadlineApp;
 use crate::proxy::{Gateway, GatewayState};
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -58,10 +59,10 @@ pub fn build(config: Config, opts: RunOptions) -> Server {
     server.bootstrap();
 
     let state = GatewayState::new(&config);
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(state.clone()),
-        "pollgate proxy",
+    let proxy_app = pingora_proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
+    let mut proxy = Service::new(
+        "pollgate proxy".to_string(),
+        HeaderDeadlineApp::new(proxy_app, state.header_timeout_ms.clone()),
     );
     for l in &config.listen {
         proxy.add_tcp(l);

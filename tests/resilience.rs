@@ -665,3 +665,72 @@ async fn graceful_upgrade_hands_over_without_refusing_anyone() {
     );
     assert!(ok > 10);
 }
+
+#[tokio::test]
+async fn slowloris_heads_are_cut_off_but_idle_keepalive_and_tunnels_are_not() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&config(
+        &up.addr.to_string(),
+        "",
+        "header_read_timeout: 1s\n",
+    ))
+    .await;
+    // A head trickled one byte at a time never completes within the deadline.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let t = Instant::now();
+    let head =
+        b"GET /slow HTTP/1.1\r\nHost: t\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut cut = false;
+    for b in head.iter() {
+        if s.write_all(&[*b]).await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if t.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    if !cut {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(out.is_empty() || text.starts_with("HTTP/1.1 4"), "{text}");
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "held for {:?}",
+        t.elapsed()
+    );
+    assert!(
+        up.requests().is_empty(),
+        "a trickled request reached the upstream"
+    );
+
+    // Idle keep-alive between requests is not a slow head.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    // Nor is an idle WebSocket tunnel.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/echo", gw.addr))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    futures_util::SinkExt::send(
+        &mut ws,
+        tokio_tungstenite::tungstenite::Message::text("alive"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        tokio_tungstenite::tungstenite::Message::text("alive")
+    );
+}

@@ -45,6 +45,7 @@ pub struct FileConfig {
     pub max_request_header_bytes: Option<usize>,
     pub max_request_line_bytes: Option<usize>,
     pub keepalive_timeout: Option<ConfDuration>,
+    pub header_read_timeout: Option<ConfDuration>,
     pub upstreams: BTreeMap<String, FileUpstream>,
     pub routes: Vec<FileRoute>,
 }

@@ -27,6 +27,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
 pub const DEFAULT_MAX_WEBSOCKETS: usize = 10_000;
 pub const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 32 * 1024;
 pub const DEFAULT_MAX_REQUEST_LINE_BYTES: usize = 8 * 1024;
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 5;
 pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
@@ -58,6 +59,8 @@ pub struct Limits {
     pub max_request_line_bytes: usize,
     /// Idle time allowed between requests on a keep-alive client connection.
     pub keepalive_timeout: Duration,
+    /// A request head must arrive in full within this (slowloris defence).
+    pub header_read_timeout: Duration,
 }
 
 /// pingora's own process options, settable from the YAML (and some from flags).

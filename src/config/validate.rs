@@ -106,9 +106,12 @@ pub fn validate(
             }
         }
     }
-    if let Some(k) = file.keepalive_timeout {
-        if k.0 < Duration::from_secs(1) {
-            p.add(&[key("keepalive_timeout")], "must be at least 1s");
+    for (k, v) in [
+        ("keepalive_timeout", file.keepalive_timeout),
+        ("header_read_timeout", file.header_read_timeout),
+    ] {
+        if v.is_some_and(|d| d.0 < Duration::from_millis(100)) {
+            p.add(&[key(k)], "must be at least 100ms");
         }
     }
 
@@ -174,6 +177,10 @@ pub fn validate(
                 .keepalive_timeout
                 .map(|d| d.0)
                 .unwrap_or(DEFAULT_KEEPALIVE_TIMEOUT),
+            header_read_timeout: file
+                .header_read_timeout
+                .map(|d| d.0)
+                .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
         },
         upstreams,
         routes,

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod handshake;
+pub mod header_deadline;
 pub mod headers;
 pub mod limits;
 pub mod poll;
@@ -26,7 +27,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use poll::PollOutcome;
 use router::Router;
 use std::any::Any;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,6 +44,8 @@ pub struct GatewayState {
     /// Open client connections, and WebSocket tunnels across all routes.
     connections: Arc<AtomicUsize>,
     websockets: Arc<AtomicUsize>,
+    /// `header_read_timeout` in milliseconds, read by every accepted connection.
+    pub header_timeout_ms: Arc<AtomicU64>,
 }
 
 impl GatewayState {
@@ -56,6 +59,9 @@ impl GatewayState {
             limits: Arc::new(RwLock::new(config.limits)),
             connections: Arc::new(AtomicUsize::new(0)),
             websockets: Arc::new(AtomicUsize::new(0)),
+            header_timeout_ms: Arc::new(AtomicU64::new(
+                config.limits.header_read_timeout.as_millis() as u64,
+            )),
         }
     }
 
@@ -78,6 +84,10 @@ impl GatewayState {
             .set_limits(config.max_topics, config.max_held_polls);
         self.access_log.store(config.access_log, Ordering::Relaxed);
         *self.limits.write() = config.limits;
+        self.header_timeout_ms.store(
+            config.limits.header_read_timeout.as_millis() as u64,
+            Ordering::Relaxed,
+        );
         *self.router.write() = next;
     }
 }
