@@ -53,6 +53,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9000")]
         backend_listen: String,
     },
+    /// Print the JSON Schema of the config file (also at docs/pollgate.schema.json).
+    Schema,
     /// Run only the sample backend (for benchmarks and experiments).
     SampleBackend {
         #[arg(long, default_value = "127.0.0.1:9000")]
@@ -99,6 +101,10 @@ fn main() -> ExitCode {
             }
             eprintln!("{}", demo::banner(&addrs));
             server::build(config, RunOptions::default()).run_forever()
+        }
+        Some(Command::Schema) => {
+            print!("{}", pollgate::config::json_schema());
+            ExitCode::SUCCESS
         }
         Some(Command::SampleBackend {
             listen,

@@ -2,8 +2,10 @@
 //!
 //! Kept as its own type so every duration key parses the same way and reports the same error.
 
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -67,6 +69,22 @@ impl<'de> Deserialize<'de> for ConfDuration {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for ConfDuration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A duration: `250ms`, `25s`, `5m`, `1h`, or a number of seconds.",
+            "anyOf": [
+                { "type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?(ms|s|m|h)?$" },
+                { "type": "number", "minimum": 0 }
+            ]
+        })
     }
 }
 

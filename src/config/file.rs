@@ -1,14 +1,16 @@
 //! The serde mirror of the YAML file: field names here are the config contract.
 //!
 //! Nothing in here is trusted: `validate.rs` turns it into the typed [`super::Config`].
-//! Every struct denies unknown keys so a typo is an error, not a silently ignored setting.
+//! Every struct denies unknown keys so a typo is an error, not a silently ignored setting. The
+//! `///` comments become the descriptions of `docs/pollgate.schema.json`.
 
 use super::duration::ConfDuration;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// One value or a list of them (`listen: "a"` or `listen: ["a", "b"]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -24,101 +26,170 @@ impl OneOrMany {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// pollgate configuration file.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "pollgate configuration")]
 pub struct FileConfig {
+    /// Client-facing HTTP listener address (`ip:port`), or a list of them.
     pub listen: OneOrMany,
+    /// Admin listener: `/metrics`, `/healthz`, `/readyz`, `/topics` and the status page.
     pub metrics_listen: Option<String>,
+    /// pingora worker threads (default: the number of CPUs).
     pub threads: Option<usize>,
+    /// Run in the background (also `-d`).
     pub daemon: Option<bool>,
+    /// pid file written in daemon mode.
     pub pid_file: Option<String>,
+    /// Unix socket used to hand listening sockets to a new process on graceful upgrade (`-u`).
     pub upgrade_sock: Option<String>,
+    /// File pingora's own error log goes to in daemon mode.
     pub error_log: Option<String>,
+    /// After SIGTERM, seconds to keep the process up for in-flight requests (default 5).
     pub grace_period_seconds: Option<u64>,
+    /// After the grace period, seconds allowed for the runtimes to stop (default 5).
     pub graceful_shutdown_timeout_seconds: Option<u64>,
+    /// Let idle worker threads take tasks from busy ones (default true).
     pub work_stealing: Option<bool>,
+    /// Topics cached across all poll routes (default 10000).
     pub max_topics: Option<usize>,
+    /// Long polls held at once across all poll routes (default 10000).
     pub max_held_polls: Option<usize>,
+    /// One log line per request, target `access` (default true).
     pub access_log: Option<bool>,
+    /// Open client connections, idle keep-alive ones included (default 50000).
     pub max_connections: Option<usize>,
+    /// WebSocket tunnels passed through at once (default 10000).
     pub max_websockets: Option<usize>,
+    /// Request line plus headers, in bytes, before 431 (default 32768).
     pub max_request_header_bytes: Option<usize>,
+    /// Request line alone, in bytes, before 431 (default 8192).
     pub max_request_line_bytes: Option<usize>,
+    /// Idle time allowed between requests on a keep-alive client connection (default 60s).
     pub keepalive_timeout: Option<ConfDuration>,
+    /// A request head must arrive in full within this (default 10s; slowloris defence).
     pub header_read_timeout: Option<ConfDuration>,
+    /// Named backends.
     pub upstreams: BTreeMap<String, FileUpstream>,
+    /// Routes, first match wins in file order.
     pub routes: Vec<FileRoute>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A backend reached over plain HTTP/1.1 and WebSocket.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileUpstream {
+    /// `host:port`, resolved once when the config is loaded.
     pub address: String,
     /// Host header sent upstream; by default the client's Host is kept.
     pub host: Option<String>,
+    /// TCP connect timeout (default 5s).
     pub connect_timeout: Option<ConfDuration>,
+    /// Longest wait for upstream bytes on a plain request (default 60s).
     pub read_timeout: Option<ConfDuration>,
+    /// Longest wait to write to the upstream (default 60s).
     pub write_timeout: Option<ConfDuration>,
+    /// Idle upstream keep-alive connections are closed after this (default 60s).
     pub idle_timeout: Option<ConfDuration>,
+    /// A passed-through WebSocket tunnel may be idle this long, both sides (default 15m).
     pub websocket_idle_timeout: Option<ConfDuration>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A route: `prefix` (proxied) or `path` with `{topic}` and `subscribe` (a poll route).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileRoute {
+    /// Route name: a metric label, so letters, digits, `_` and `-` only.
     pub name: String,
+    /// Path prefix match.
     pub prefix: Option<String>,
+    /// Path template with one `{topic}` segment (poll routes), or an exact path.
     pub path: Option<String>,
+    /// Name of the upstream requests on this route go to.
     pub upstream: String,
+    /// Cap on WebSocket tunnels passed through on this route.
     pub max_websockets: Option<usize>,
+    /// Poll routes: `public`, or `{ auth_request: PATH, cache_for: DURATION }`.
     pub access: Option<FileAccess>,
+    /// Poll routes: the upstream WebSocket subscription that feeds the cache.
     pub subscribe: Option<FileSubscribe>,
+    /// Poll routes: `latest` (newest message) or `since` (every message after a cursor).
     pub mode: Option<String>,
+    /// Poll routes: Content-Type of answers (default application/json).
     pub content_type: Option<String>,
+    /// Since mode: messages kept per topic (default 64).
     pub history: Option<usize>,
+    /// Since mode: JSON pointer to the message id used as the cursor.
     pub id_pointer: Option<String>,
+    /// Since mode: query parameter carrying the client's cursor (default `since`).
     pub cursor_param: Option<String>,
+    /// Hold polls that have nothing new up to this long (default 0: answer at once).
     pub long_poll: Option<ConfDuration>,
+    /// Cap on `Prefer: wait=N` (default `long_poll`, or 30s without it).
     pub max_wait: Option<ConfDuration>,
+    /// Cold topic: wait this long for the first upstream message before falling back (default 1s).
     pub first_message_wait: Option<ConfDuration>,
+    /// Drop a topic's subscription when no poll asked for it this long (default 5m).
     pub idle_unsubscribe: Option<ConfDuration>,
+    /// Topics cached for this route.
     pub max_topics: Option<usize>,
+    /// Long polls held at once on this route.
     pub max_held_polls: Option<usize>,
+    /// Upstream messages larger than this are dropped and counted (default 1 MiB).
     pub max_message_bytes: Option<usize>,
+    /// While a subscription is down, serve the last message this long (default 60s).
     pub max_stale: Option<ConfDuration>,
+    /// Ping the upstream socket this often; silence for 3 intervals is a stall (default 15s).
     pub ping_interval: Option<ConfDuration>,
+    /// Reconnect backoff (exponential, full jitter).
     pub reconnect: Option<FileReconnect>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Reconnect backoff bounds.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileReconnect {
+    /// First delay (default 100ms).
     pub min: Option<ConfDuration>,
+    /// Largest delay (default 30s).
     pub max: Option<ConfDuration>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Who may read a poll route's cache.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum FileAccess {
+    /// `public`: anyone.
     Keyword(String),
+    /// Ask the backend per credential and topic.
     Auth(FileAuth),
 }
 
-#[derive(Debug, Deserialize)]
+/// Access decided by the backend.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileAuth {
+    /// Path on the route's upstream asked (GET, with the client's Authorization and Cookie).
     pub auth_request: String,
+    /// How long a decision is cached per credential and topic (default 30s).
     pub cache_for: Option<ConfDuration>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The upstream WebSocket subscription of a poll route.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSubscribe {
+    /// WebSocket path; with `{topic}` one socket per topic, without it one shared socket.
     pub path: String,
+    /// Frame sent after connecting (and after each reconnect); `{topic}` is filled in.
     pub send: Option<String>,
+    /// Frame sent when a topic is dropped from a shared socket.
     pub unsend: Option<String>,
+    /// Shared socket: JSON pointer to the topic of an incoming message.
     pub topic_pointer: Option<String>,
+    /// JSON pointer to the part of a message to cache (default: the whole message).
     pub payload_pointer: Option<String>,
+    /// Extra handshake headers; `${VAR}` is expanded from the environment.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
 }

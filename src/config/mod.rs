@@ -55,6 +55,12 @@ impl ConfigError {
     }
 }
 
+/// The JSON Schema of the config file, for editor validation (`pollgate schema`).
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(file::FileConfig);
+    serde_json::to_string_pretty(&schema).expect("schemas serialise") + "\n"
+}
+
 impl Config {
     /// Reads and validates a config file, expanding `${VAR}` from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
