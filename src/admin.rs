@@ -65,6 +65,7 @@ impl AdminApp {
                     "subscription": state,
                     "last_message_age_seconds": t.age().map(|a| a.as_secs_f64()),
                     "cached_messages": t.len(),
+                    "messages_received": t.received(),
                     "held_polls": t.held.load(Ordering::Relaxed),
                     "last_poll_seconds_ago": now.saturating_sub(t.last_poll_ms.load(Ordering::Relaxed)) as f64 / 1000.0,
                     "pollers_last_minute": t.pollers_last_minute(now),

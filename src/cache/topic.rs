@@ -144,6 +144,11 @@ impl Topic {
         self.inner.lock().ring.len()
     }
 
+    /// Messages received since the topic was created.
+    pub fn received(&self) -> u64 {
+        self.inner.lock().next_seq - self.base_seq - 1
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
