@@ -136,6 +136,12 @@ impl Topic {
         msg
     }
 
+    /// The newest message and the subscription state, under one lock (the cache-hit path).
+    pub fn snapshot(&self) -> (Option<Arc<Message>>, SubState) {
+        let g = self.inner.lock();
+        (g.ring.back().cloned(), g.state)
+    }
+
     pub fn latest(&self) -> Option<Arc<Message>> {
         self.inner.lock().ring.back().cloned()
     }

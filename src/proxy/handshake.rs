@@ -30,12 +30,13 @@ fn tokens<'a>(req: &'a RequestHeader, name: &str) -> impl Iterator<Item = String
 
 pub fn classify(req: &RequestHeader) -> Upgrade {
     let has_upgrade = req.headers.contains_key(http::header::UPGRADE);
-    let conn_upgrade = tokens(req, "connection").any(|t| t == "upgrade");
-    let wants_ws = tokens(req, "upgrade").any(|t| t == "websocket");
     let has_ws_key = req.headers.contains_key("sec-websocket-key");
     if !has_upgrade && !has_ws_key {
+        // The common case, decided without looking at any header value.
         return Upgrade::None;
     }
+    let conn_upgrade = tokens(req, "connection").any(|t| t == "upgrade");
+    let wants_ws = tokens(req, "upgrade").any(|t| t == "websocket");
     if has_upgrade && !wants_ws {
         return Upgrade::Other;
     }

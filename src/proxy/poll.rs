@@ -82,7 +82,7 @@ fn parse(session: &Session, poll: &PollRoute) -> Result<PollRequest, BadPoll> {
         Some(t) => {
             let decoded = decode_topic(&t).map_err(|_| BadPoll::Cursor(t.clone()))?;
             if poll.id_pointer.is_some() {
-                Some(CursorArg::Id(decoded))
+                Some(CursorArg::Id(decoded.into_owned()))
             } else {
                 Some(CursorArg::Seq(
                     decoded.parse().map_err(|_| BadPoll::Cursor(t.clone()))?,
@@ -197,20 +197,25 @@ pub async fn serve(
         }
     };
 
+    let (mut newest, mut state) = topic.snapshot();
     // Cold topic: give the new subscription `first_message_wait` to deliver something.
-    if topic.is_empty() {
+    if newest.is_none() {
         let deadline = tokio::time::Instant::now() + poll.first_message_wait;
         loop {
             let mut rx = topic.watch();
-            if !topic.is_empty() {
+            (newest, state) = topic.snapshot();
+            if newest.is_some() {
                 break;
             }
-            if matches!(topic.state(), SubState::Failed | SubState::Down(_)) {
+            if matches!(state, SubState::Failed | SubState::Down(_)) {
                 m.fallback.inc();
                 return Ok(PollOutcome::Fallback);
             }
             tokio::select! {
-                r = rx.changed() => if r.is_err() { break },
+                r = rx.changed() => if r.is_err() {
+                    m.fallback.inc();
+                    return Ok(PollOutcome::Fallback);
+                },
                 _ = sleep_until(deadline) => {
                     m.fallback.inc();
                     return Ok(PollOutcome::Fallback);
@@ -218,8 +223,12 @@ pub async fn serve(
             }
         }
     }
+    let Some(newest) = newest else {
+        m.fallback.inc();
+        return Ok(PollOutcome::Fallback);
+    };
     // Stale past `max_stale`: the backend over plain HTTP knows better than our old copy.
-    let stale = match topic.state() {
+    let stale = match state {
         SubState::Down(since) => {
             if since.elapsed() > poll.max_stale {
                 m.fallback.inc();
@@ -231,7 +240,7 @@ pub async fn serve(
     };
 
     match poll.mode {
-        Mode::Latest => latest(session, hub, &topic, &req, stale).await,
+        Mode::Latest => latest(session, hub, &topic, newest, &req, stale).await,
         Mode::Since => since(session, hub, &topic, &req, stale).await,
     }
 }
@@ -274,11 +283,11 @@ async fn latest(
     session: &mut Session,
     hub: &Arc<Hub>,
     topic: &Arc<Topic>,
+    mut msg: Arc<Message>,
     req: &PollRequest,
     stale: bool,
 ) -> pingora_error::Result<PollOutcome> {
     let m = &hub.cache.metrics;
-    let mut msg = topic.latest().expect("warm topic has a message");
     let Some(inm) = req.if_none_match.as_deref() else {
         return hit(session, hub, topic, &msg, req, stale).await;
     };
@@ -299,7 +308,9 @@ async fn latest(
     let mut shutdown = hub.cache.store.shutdown_signal();
     loop {
         let mut rx = topic.watch();
-        msg = topic.latest().expect("warm topic has a message");
+        if let Some(newest) = topic.latest() {
+            msg = newest;
+        }
         if !etag_matches(inm, &msg.etag) {
             m.held_served.inc();
             m.lag.observe(msg.received.elapsed().as_secs_f64());

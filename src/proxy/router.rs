@@ -147,7 +147,20 @@ fn same_poll(a: &crate::config::PollRoute, b: &crate::config::PollRoute) -> bool
 }
 
 /// Decodes a raw path segment into a topic: percent-decoded, valid UTF-8, 1 to 256 bytes.
-pub fn decode_topic(raw: &str) -> Result<String, &'static str> {
+/// Borrows when there is nothing to decode (the common case on the cache-hit path).
+pub fn decode_topic(raw: &str) -> Result<std::borrow::Cow<'_, str>, &'static str> {
+    if !raw.contains('%') {
+        if raw.is_empty() {
+            return Err("empty topic");
+        }
+        if raw.len() > 256 {
+            return Err("topic longer than 256 bytes");
+        }
+        if raw.chars().any(|c| c.is_control()) {
+            return Err("topic contains control characters");
+        }
+        return Ok(std::borrow::Cow::Borrowed(raw));
+    }
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -175,7 +188,7 @@ pub fn decode_topic(raw: &str) -> Result<String, &'static str> {
     if s.chars().any(|c| c.is_control()) {
         return Err("topic contains control characters");
     }
-    Ok(s)
+    Ok(std::borrow::Cow::Owned(s))
 }
 
 #[cfg(test)]
