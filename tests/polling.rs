@@ -191,6 +191,21 @@ async fn latest_mode_serves_the_newest_payload_with_validators() {
 }
 
 #[tokio::test]
+async fn binary_frames_are_served_byte_for_byte() {
+    let up = Upstream::start().await;
+    let bytes: Vec<u8> = (0..=255u8).rev().collect();
+    up.publish_binary("/ws/prices/bin", &bytes);
+    let gw = Gateway::start(&config(&up, LATEST)).await;
+    let r = client()
+        .get(gw.url("/api/prices/bin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), bytes);
+}
+
+#[tokio::test]
 async fn etags_are_the_same_on_every_replica() {
     let up = Upstream::start().await;
     up.publish("/ws/prices/eth", r#"{"price": 7}"#);

@@ -182,6 +182,15 @@ impl Upstream {
         let _ = channel(&self.state, path).send(text.to_string());
     }
 
+    /// Publishes a binary frame to per-topic sockets on `path` (retained).
+    pub fn publish_binary(&self, path: &str, bytes: &[u8]) {
+        let text = format!(
+            "{BINARY_MARK}{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        );
+        self.publish(path, &text);
+    }
+
     /// Publishes without retaining (a later subscriber will not see it).
     pub fn publish_live(&self, path: &str, text: &str) {
         let _ = channel(&self.state, path).send(text.to_string());
@@ -229,6 +238,20 @@ impl Upstream {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// Channels carry text; a message starting with this mark is a base64 binary frame.
+const BINARY_MARK: &str = "\u{1}bin:";
+
+fn frame(m: String) -> Message {
+    match m.strip_prefix(BINARY_MARK) {
+        Some(b64) => Message::binary(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap(),
+        ),
+        None => Message::text(m),
     }
 }
 
@@ -473,12 +496,12 @@ async fn websocket(
     let mut brx = channel(&st, path).subscribe();
     let retained = st.retained.lock().get(path).cloned();
     if let Some(r) = retained {
-        tx.send(Message::text(r)).await?;
+        tx.send(frame(r)).await?;
     }
     loop {
         tokio::select! {
             m = brx.recv() => match m {
-                Ok(m) => tx.send(Message::text(m)).await?,
+                Ok(m) => tx.send(frame(m)).await?,
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => return Ok(()),
             },
