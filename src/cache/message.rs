@@ -2,6 +2,7 @@
 
 use base64::Engine;
 use bytes::Bytes;
+use pingora_http::ResponseHeader;
 use sha1::{Digest, Sha1};
 use std::time::Instant;
 
@@ -21,6 +22,42 @@ pub struct Message {
     pub received: Instant,
     /// Messages may be missing right before this one (the subscription was interrupted).
     pub gap_before: bool,
+    /// Latest mode: the `200` and `304` heads for this message, built once on arrival; each
+    /// answer clones one and adds only `Age`. Header names are written in lowercase, as
+    /// HAProxy and Envoy do, which spares a case-preserving map per response.
+    pub heads: Option<Box<Heads>>,
+}
+
+/// Pre-built response heads for one cached message.
+#[derive(Debug)]
+pub struct Heads {
+    pub ok: ResponseHeader,
+    pub not_modified: ResponseHeader,
+}
+
+/// Builds the latest-mode heads for a payload of `len` bytes.
+pub fn latest_heads(content_type: &str, len: usize, etag: &str) -> Option<Box<Heads>> {
+    let build = || -> pingora_error::Result<Heads> {
+        let ct = http::HeaderValue::from_str(content_type).map_err(|e| {
+            pingora_error::Error::because(pingora_error::ErrorType::InternalError, "content type", e)
+        })?;
+        let tag = http::HeaderValue::from_str(etag).map_err(|e| {
+            pingora_error::Error::because(pingora_error::ErrorType::InternalError, "etag", e)
+        })?;
+        let no_cache = http::HeaderValue::from_static("no-cache");
+        // Room for what is added later (Age, Date, Connection, optional Pollgate-Stale) so
+        // the map never grows on the hot path.
+        let mut ok = ResponseHeader::build_no_case(200, Some(12))?;
+        ok.insert_header(http::header::CONTENT_TYPE, ct)?;
+        ok.insert_header(http::header::CONTENT_LENGTH, http::HeaderValue::from(len))?;
+        ok.insert_header(http::header::CACHE_CONTROL, no_cache.clone())?;
+        ok.insert_header(http::header::ETAG, tag.clone())?;
+        let mut not_modified = ResponseHeader::build_no_case(304, Some(10))?;
+        not_modified.insert_header(http::header::ETAG, tag)?;
+        not_modified.insert_header(http::header::CACHE_CONTROL, no_cache)?;
+        Ok(Heads { ok, not_modified })
+    };
+    build().ok().map(Box::new)
 }
 
 /// `"` + 32 hex digits of SHA-1 + `"`: content-derived, so identical across replicas.

@@ -259,6 +259,7 @@ mod tests {
             json: Bytes::new(),
             received: Instant::now(),
             gap_before: gap,
+            heads: None,
         }
     }
 

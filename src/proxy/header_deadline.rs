@@ -64,16 +64,27 @@ impl HeaderDeadline {
     }
 
     /// Feeds read bytes to the end-of-head scanner; `true` once `\r\n\r\n` was seen.
+    #[cfg(test)]
     fn scan(&mut self, bytes: &[u8]) -> bool {
-        for &b in bytes {
-            self.tail = (self.tail << 8) | b as u32;
-            if self.tail == 0x0d0a_0d0a {
-                self.tail = 0;
-                return true;
-            }
-        }
-        false
+        scan(&mut self.tail, bytes)
     }
+}
+
+/// Finds `\r\n\r\n` across reads; `tail` carries the last bytes seen.
+fn scan(tail: &mut u32, bytes: &[u8]) -> bool {
+    // A head normally ends its read: look there first and skip the byte loop.
+    if bytes.ends_with(b"\r\n\r\n") {
+        *tail = 0;
+        return true;
+    }
+    for &b in bytes {
+        *tail = (*tail << 8) | b as u32;
+        if *tail == 0x0d0a_0d0a {
+            *tail = 0;
+            return true;
+        }
+    }
+    false
 }
 
 impl AsyncRead for HeaderDeadline {
@@ -104,10 +115,7 @@ impl AsyncRead for HeaderDeadline {
                     this.tail = 0;
                 }
                 if matches!(this.phase, Phase::Head) {
-                    let done = {
-                        let data = buf.filled()[before..].to_vec();
-                        this.scan(&data)
-                    };
+                    let done = scan(&mut this.tail, &buf.filled()[before..]);
                     if done {
                         this.phase = Phase::Body;
                         this.timer = None;

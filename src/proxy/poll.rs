@@ -352,7 +352,7 @@ fn base_header(
     poll_content_type: Option<&str>,
     len: usize,
 ) -> pingora_error::Result<ResponseHeader> {
-    let mut h = ResponseHeader::build(status, Some(8))?;
+    let mut h = ResponseHeader::build_no_case(status, Some(10))?;
     if let Some(ct) = poll_content_type {
         h.insert_header(http::header::CONTENT_TYPE, ct)?;
     }

@@ -14,8 +14,8 @@ pub use backoff::Backoff;
 pub use socket::{connect, ConnectError, HARD_FRAME_LIMIT};
 
 use crate::cache::{
-    etag_for, json_fragment, pointer_cursor, CacheError, Message, RouteCache, Store, SubState,
-    Topic,
+    etag_for, json_fragment, latest_heads, pointer_cursor, CacheError, Message, RouteCache, Store,
+    SubState, Topic,
 };
 use crate::config::{Mode, PollRoute, Route, Upstream};
 use crate::metrics::METRICS;
@@ -157,10 +157,16 @@ impl Hub {
             _ => None,
         };
         let since = poll.mode == Mode::Since;
+        let etag = etag_for(&payload);
+        let heads = if since {
+            None
+        } else {
+            latest_heads(&poll.content_type, payload.len(), &etag)
+        };
         topic.publish(|seq, gap_before| Message {
             seq,
             cursor: id.unwrap_or_else(|| seq.to_string()),
-            etag: etag_for(&payload),
+            etag,
             json: if since {
                 json_fragment(&payload, binary)
             } else {
@@ -169,6 +175,7 @@ impl Hub {
             payload,
             received: Instant::now(),
             gap_before,
+            heads,
         });
         self.cache.metrics.messages.inc();
     }
