@@ -99,6 +99,7 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(1);
             }
+            raise_open_file_limit(&config);
             eprintln!("{}", demo::banner(&addrs));
             server::build(config, RunOptions::default()).run_forever()
         }
@@ -124,7 +125,9 @@ fn main() -> ExitCode {
             }
         }
         None => {
-            let config = match Config::load(&cli.conf) {
+            // Absolute, because daemon mode changes directory and SIGHUP re-reads this path.
+            let conf = std::path::absolute(&cli.conf).unwrap_or_else(|_| cli.conf.clone());
+            let config = match Config::load(&conf) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{}: configuration is invalid:", cli.conf.display());
@@ -138,12 +141,32 @@ fn main() -> ExitCode {
                 println!("{}: configuration is valid", cli.conf.display());
                 return ExitCode::SUCCESS;
             }
+            raise_open_file_limit(&config);
             let opts = RunOptions {
-                config_path: Some(cli.conf.clone()),
+                config_path: Some(conf),
                 daemon: cli.daemon,
                 upgrade: cli.upgrade,
             };
             server::build(config, opts).run_forever()
         }
+    }
+}
+
+/// Every client connection, held poll and tunnel is a file descriptor (two for a tunnel): raise
+/// the soft limit to the hard one, and say so when the caps could still exceed it.
+fn raise_open_file_limit(config: &Config) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let wanted = (config.limits.max_connections + config.limits.max_websockets) as u64;
+            if limit < wanted {
+                tracing::warn!(
+                    open_files = limit,
+                    max_connections = config.limits.max_connections,
+                    max_websockets = config.limits.max_websockets,
+                    "the open-file limit is below what the connection caps allow; raise LimitNOFILE / ulimit -n or lower the caps"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
 }

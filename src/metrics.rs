@@ -66,13 +66,8 @@ impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
         #[cfg(target_os = "linux")]
-        {
-            let pc = prometheus::process_collector::ProcessCollector::new(
-                std::process::id() as i32,
-                "pollgate",
-            );
-            r.register(Box::new(pc)).expect("process collector");
-        }
+        r.register(Box::new(SelfProcess::new()))
+            .expect("process collector");
         let websocket_active = IntGauge::new(
             "pollgate_websocket_passthrough_active",
             "WebSocket tunnels currently relayed to upstreams",
@@ -97,7 +92,7 @@ impl Metrics {
             request_duration: histogram_vec(
                 &r,
                 "pollgate_request_duration_seconds",
-                "Time from request to completed response, by route and kind (poll, proxy, websocket, error)",
+                "Time from request to completed response, by route and kind (poll, fallback, proxy, websocket, local)",
                 &["route", "kind"],
                 LATENCY_BUCKETS.to_vec(),
             ),
@@ -106,7 +101,7 @@ impl Metrics {
             upstream_errors: counter_vec(
                 &r,
                 "pollgate_upstream_errors_total",
-                "Failures talking to an upstream, by kind",
+                "Failures talking to an upstream, by kind (connect_refused, connect_timeout, connect_error, read_timeout, write_timeout, protocol, subscribe, subscription_read, subscription_stalled, auth_request)",
                 &["upstream", "kind"],
             ),
             poll_requests: counter_vec(
@@ -136,7 +131,7 @@ impl Metrics {
             upstream_messages_dropped: counter_vec(
                 &r,
                 "pollgate_upstream_messages_dropped_total",
-                "Upstream messages not cached, by reason (oversize, no_topic, unknown_topic, bad_json)",
+                "Upstream messages not cached, by reason (oversize, no_topic, unknown_topic, bad_json, no_payload)",
                 &["route", "reason"],
             ),
             topics_cached: gauge_vec(
@@ -193,6 +188,37 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&families, &mut buf);
         buf
+    }
+}
+
+/// Process metrics (`pollgate_process_*`) of whatever process is running *now*: the pid is read
+/// at each scrape, so they stay right after pingora forks into the background (`-d`).
+#[cfg(target_os = "linux")]
+struct SelfProcess {
+    descs: Vec<prometheus::core::Desc>,
+}
+
+#[cfg(target_os = "linux")]
+impl SelfProcess {
+    fn new() -> SelfProcess {
+        use prometheus::core::Collector;
+        let template =
+            prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "pollgate");
+        SelfProcess {
+            descs: template.desc().into_iter().cloned().collect(),
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl prometheus::core::Collector for SelfProcess {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "pollgate")
+            .collect()
     }
 }
 

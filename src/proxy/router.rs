@@ -37,11 +37,14 @@ impl Router {
     /// unchanged, so a reload keeps their subscriptions and cache.
     pub fn build(config: &Config, store: &Store, previous: Option<&Router>) -> Router {
         let mut old: HashMap<&str, &Arc<Hub>> = HashMap::new();
+        // Open tunnels keep counting against their route's cap across a reload.
+        let mut tunnels: HashMap<&str, &Arc<AtomicUsize>> = HashMap::new();
         if let Some(prev) = previous {
             for e in &prev.entries {
                 if let Some(h) = &e.hub {
                     old.insert(&e.route.name, h);
                 }
+                tunnels.insert(&e.route.name, &e.websockets);
             }
         }
         let entries = config
@@ -61,7 +64,10 @@ impl Router {
                     route: r.clone(),
                     hub,
                     access: AccessCache::default(),
-                    websockets: Arc::new(AtomicUsize::new(0)),
+                    websockets: tunnels
+                        .get(&*r.name)
+                        .map(|c| Arc::clone(c))
+                        .unwrap_or_default(),
                 }
             })
             .collect();
