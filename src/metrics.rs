@@ -202,8 +202,10 @@ struct SelfProcess {
 impl SelfProcess {
     fn new() -> SelfProcess {
         use prometheus::core::Collector;
-        let template =
-            prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "pollgate");
+        let template = prometheus::process_collector::ProcessCollector::new(
+            std::process::id() as i32,
+            "pollgate",
+        );
         SelfProcess {
             descs: template.desc().into_iter().cloned().collect(),
         }

@@ -39,7 +39,11 @@ pub struct Heads {
 pub fn latest_heads(content_type: &str, len: usize, etag: &str) -> Option<Box<Heads>> {
     let build = || -> pingora_error::Result<Heads> {
         let ct = http::HeaderValue::from_str(content_type).map_err(|e| {
-            pingora_error::Error::because(pingora_error::ErrorType::InternalError, "content type", e)
+            pingora_error::Error::because(
+                pingora_error::ErrorType::InternalError,
+                "content type",
+                e,
+            )
         })?;
         let tag = http::HeaderValue::from_str(etag).map_err(|e| {
             pingora_error::Error::because(pingora_error::ErrorType::InternalError, "etag", e)
