@@ -589,7 +589,11 @@ async fn graceful_upgrade_hands_over_without_refusing_anyone() {
         dir.join("pid").display()
     );
     let routes = latest_route("    long_poll: 30s\n");
-    let mut old = Gateway::start(&config(&up.addr.to_string(), &routes, &head)).await;
+    // A production-like grace period: requests the old process accepted just before it stopped
+    // listening get time to finish even on a loaded machine.
+    let cfg = config(&up.addr.to_string(), &routes, &head)
+        .replace("grace_period_seconds: 1\n", "grace_period_seconds: 3\n");
+    let mut old = Gateway::start(&cfg).await;
     let etag = header_of(&get(old.addr, "/api/prices/u", &[]).await.1, "etag").unwrap();
     // A held poll in the old process.
     let mut held = tokio::net::TcpStream::connect(old.addr).await.unwrap();
