@@ -7,6 +7,8 @@ use crate::config::Config;
 use crate::proxy::header_deadline::HeaderDeadlineApp;
 use crate::proxy::{Gateway, GatewayState};
 use pingora_core::apps::http_app::HttpServer;
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -64,8 +66,14 @@ pub fn build(config: Config, opts: RunOptions) -> Server {
         "pollgate proxy".to_string(),
         HeaderDeadlineApp::new(proxy_app, state.header_timeout_ms.clone()),
     );
+    let buffers = L4BufferSettings::new(
+        config.limits.client_read_buffer_bytes,
+        DEFAULT_L4_WRITE_BUFFER_SIZE,
+    );
     for l in &config.listen {
-        proxy.add_tcp(l);
+        proxy
+            .endpoints()
+            .add_listener(ListenerConfig::tcp(l.as_str()).l4_buffer(buffers));
     }
     if let Some(m) = &config.metrics_listen {
         let mut admin = Service::new(

@@ -181,6 +181,9 @@ pub fn validate(
                 .header_read_timeout
                 .map(|d| d.0)
                 .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+            client_read_buffer_bytes: file
+                .client_read_buffer_bytes
+                .unwrap_or(DEFAULT_CLIENT_READ_BUFFER_BYTES),
         },
         upstreams,
         routes,
