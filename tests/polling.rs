@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
 fn config(up: &Upstream, routes: &str) -> String {
@@ -76,33 +76,8 @@ const SHARED: &str = r#"  - name: feed
     first_message_wait: 2s
 "#;
 
-struct Resp {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<String> {
-        header_of(&self.head, name)
-    }
-}
-
 async fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let raw = raw_request(gw.addr, req.as_bytes(), Duration::from_secs(30))
-        .await
-        .unwrap();
-    let (head, body) = split_response(&raw);
-    Resp {
-        status: status_of(&head),
-        head,
-        body,
-    }
+    get_with(gw.addr, path, headers).await
 }
 
 #[tokio::test]
@@ -483,17 +458,7 @@ async fn hung_up_pollers_are_released_at_once() {
     up.publish("/ws/prices/h", "v");
     let gw = Gateway::start(&config(&up, LATEST_LONG)).await;
     let etag = get(&gw, "/api/prices/h", &[]).await.header("etag").unwrap();
-    let mut socks = Vec::new();
-    for _ in 0..20 {
-        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-        s.write_all(
-            format!("GET /api/prices/h HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-        socks.push(s);
-    }
+    let socks = open_held_polls(gw.addr, "/api/prices/h", &etag, 20).await;
     gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 20.0)
         .await;
     drop(socks);
@@ -507,17 +472,7 @@ async fn shutdown_answers_every_held_poll() {
     up.publish("/ws/prices/s", "v");
     let mut gw = Gateway::start(&config(&up, LATEST_LONG)).await;
     let etag = get(&gw, "/api/prices/s", &[]).await.header("etag").unwrap();
-    let mut socks = Vec::new();
-    for _ in 0..5 {
-        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-        s.write_all(
-            format!("GET /api/prices/s HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-        socks.push(s);
-    }
+    let socks = open_held_polls(gw.addr, "/api/prices/s", &etag, 5).await;
     gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 5.0)
         .await;
     gw.signal("TERM");
@@ -555,13 +510,7 @@ async fn limits_refuse_with_503_and_retry_after() {
     assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after").as_deref(), Some("1"));
     let etag = get(&gw, "/api/prices/a", &[]).await.header("etag").unwrap();
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(
-        format!("GET /api/prices/a HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
+    let _held = open_held_polls(gw.addr, "/api/prices/a", &etag, 1).await;
     gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 1.0)
         .await;
     let r = get(&gw, "/api/prices/a", &[("If-None-Match", &etag)]).await;

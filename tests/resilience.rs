@@ -44,16 +44,8 @@ async fn get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String, String) {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let raw = raw_request(addr, req.as_bytes(), Duration::from_secs(20))
-        .await
-        .unwrap();
-    let (head, body) = split_response(&raw);
-    (status_of(&head), head, body)
+    let r = get_with(addr, path, headers).await;
+    (r.status, r.head, r.body)
 }
 
 #[tokio::test]
@@ -596,13 +588,9 @@ async fn graceful_upgrade_hands_over_without_refusing_anyone() {
     let mut old = Gateway::start(&cfg).await;
     let etag = header_of(&get(old.addr, "/api/prices/u", &[]).await.1, "etag").unwrap();
     // A held poll in the old process.
-    let mut held = tokio::net::TcpStream::connect(old.addr).await.unwrap();
-    held.write_all(
-        format!("GET /api/prices/u HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
+    let mut held = open_held_polls(old.addr, "/api/prices/u", &etag, 1)
+        .await
+        .remove(0);
     old.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 1.0)
         .await;
 

@@ -284,3 +284,53 @@ pub fn repo_file(path: &str) -> String {
         .unwrap();
     s
 }
+
+/// A response read over a fresh connection.
+pub struct Resp {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<String> {
+        header_of(&self.head, name)
+    }
+}
+
+/// One GET with extra headers over a fresh connection (`Connection: close`).
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let raw = raw_request(addr, req.as_bytes(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (head, body) = split_response(&raw);
+    Resp {
+        status: status_of(&head),
+        head,
+        body,
+    }
+}
+
+/// Opens `n` connections that each send a conditional GET of `path` with `etag` (to be held
+/// as long polls); they stay open until dropped.
+pub async fn open_held_polls(
+    addr: SocketAddr,
+    path: &str,
+    etag: &str,
+    n: usize,
+) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut socks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        socks.push(s);
+    }
+    socks
+}
