@@ -1,0 +1,70 @@
+//! `pollgate-bench`: the benchmark harness behind `bench/run`.
+//!
+//! - `run [--quick|--smoke]`: the orchestrator. Starts every contender on loopback on free
+//!   ports (pollgate, a bare pingora server, nginx, Nchan, the sample backend), runs each scenario
+//!   against each of them in the same run, stops everything it started, and writes
+//!   `bench/results/results.{md,json}`.
+//! - `bare-pingora`: the baseline: a pingora `ProxyHttp` whose `request_filter` answers a fixed
+//!   body, nothing else.
+//! - `longpoll`, `ws-echo`, `http-load`: load clients; each prints one JSON object on stdout.
+//!
+//! Every load loop is bounded in count and in time.
+
+#![forbid(unsafe_code)]
+
+#[path = "pollgate-bench/bare.rs"]
+mod bare;
+#[path = "pollgate-bench/client.rs"]
+mod client;
+#[path = "pollgate-bench/load.rs"]
+mod load;
+#[path = "pollgate-bench/longpoll.rs"]
+mod longpoll;
+#[path = "pollgate-bench/procs.rs"]
+mod procs;
+#[path = "pollgate-bench/report.rs"]
+mod report;
+#[path = "pollgate-bench/run.rs"]
+mod run;
+#[path = "pollgate-bench/stats.rs"]
+mod stats;
+#[path = "pollgate-bench/wsecho.rs"]
+mod wsecho;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pollgate-bench",
+    about = "Benchmarks pollgate side by side with nginx, Nchan and bare pingora"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the benchmark scenarios and write the results.
+    Run(run::RunArgs),
+    /// A bare pingora server answering a fixed body from `request_filter` (the baseline).
+    BarePingora(bare::BareArgs),
+    /// Hold many long polls, publish one message per topic, and time each delivery.
+    Longpoll(longpoll::LongpollArgs),
+    /// WebSocket echo round trips.
+    WsEcho(wsecho::WsEchoArgs),
+    /// HTTP/1.1 keep-alive load: closed loop, or paced at a rate per client.
+    HttpLoad(load::LoadArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(a) => run::main(a),
+        Command::BarePingora(a) => bare::main(a),
+        Command::Longpoll(a) => client::print_result(longpoll::main(a)),
+        Command::WsEcho(a) => client::print_result(wsecho::main(a)),
+        Command::HttpLoad(a) => client::print_result(load::main(a)),
+    }
+}
