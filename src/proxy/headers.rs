@@ -18,6 +18,9 @@ pub const VIA: &str = "1.1 pollgate";
 
 /// Names listed in `Connection`, which are hop-by-hop for this message too.
 fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
+    if !headers.contains_key(http::header::CONNECTION) {
+        return Vec::new();
+    }
     headers
         .get_all(http::header::CONNECTION)
         .iter()
@@ -38,12 +41,19 @@ pub fn upstream_request(
     for name in connection_listed(&req.headers) {
         req.remove_header(name.as_str());
     }
+    // Most requests carry none of these: look before removing (removal also rewrites
+    // pingora's case map).
     for name in HOP_BY_HOP {
-        req.remove_header(name);
+        if req.headers.contains_key(name) {
+            req.remove_header(name);
+        }
     }
     if !upgrade {
-        req.remove_header("connection");
-        req.remove_header("upgrade");
+        for name in [http::header::CONNECTION, http::header::UPGRADE] {
+            if req.headers.contains_key(&name) {
+                req.remove_header(&name);
+            }
+        }
     } else {
         let _ = req.insert_header("connection", "upgrade");
     }
@@ -78,11 +88,16 @@ pub fn downstream_response(resp: &mut ResponseHeader) {
         resp.remove_header(name.as_str());
     }
     for name in HOP_BY_HOP {
-        resp.remove_header(name);
+        if resp.headers.contains_key(name) {
+            resp.remove_header(name);
+        }
     }
     if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
-        resp.remove_header("upgrade");
-        resp.remove_header("connection");
+        for name in [http::header::CONNECTION, http::header::UPGRADE] {
+            if resp.headers.contains_key(&name) {
+                resp.remove_header(&name);
+            }
+        }
     }
     let via = match resp.headers.get("via").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {VIA}"),

@@ -489,9 +489,11 @@ impl ProxyHttp for Gateway {
                 h.cache.metrics.poll_duration.observe(elapsed.as_secs_f64());
             }
             _ => {
+                // `StatusCode::as_str` is a static string: no allocation per request.
+                let code = http::StatusCode::from_u16(status).ok();
                 METRICS
                     .proxied_requests
-                    .with_label_values(&[route, status.to_string().as_str()])
+                    .with_label_values(&[route, code.as_ref().map_or("0", |s| s.as_str())])
                     .inc();
                 METRICS
                     .request_duration
