@@ -126,3 +126,16 @@ mod tests {
         assert_eq!(pointer_cursor(&v, "/missing"), None);
     }
 }
+
+#[cfg(test)]
+mod heads_tests {
+    use super::*;
+
+    #[test]
+    fn latest_heads_are_built() {
+        let h = latest_heads("application/json", 10, "\"abc\"").expect("heads");
+        assert_eq!(h.ok.status, 200);
+        assert_eq!(h.ok.headers["content-length"], "10");
+        assert_eq!(h.not_modified.headers["etag"], "\"abc\"");
+    }
+}

@@ -407,14 +407,22 @@ async fn write_message(
     stale: bool,
     content_type: &str,
 ) -> pingora_error::Result<PollOutcome> {
-    let mut h = base_header(200, Some(content_type), msg.payload.len())?;
-    h.insert_header(http::header::ETAG, msg.etag.as_str())?;
-    h.insert_header(
-        http::header::AGE,
-        msg.received.elapsed().as_secs().to_string(),
-    )?;
+    let mut h = match &msg.heads {
+        Some(heads) => heads.ok.clone(),
+        None => {
+            let mut h = base_header(200, Some(content_type), msg.payload.len())?;
+            h.insert_header(http::header::ETAG, msg.etag.as_str())?;
+            h
+        }
+    };
+    h.insert_header(http::header::AGE, age(msg))?;
     decorate(&mut h, req, stale, false)?;
     send(session, h, Some(msg.payload.clone()), false).await
+}
+
+/// `Age`: whole seconds since the message arrived.
+fn age(msg: &Message) -> http::HeaderValue {
+    http::HeaderValue::from(msg.received.elapsed().as_secs())
 }
 
 async fn not_modified(
@@ -424,13 +432,16 @@ async fn not_modified(
     stale: bool,
     close: bool,
 ) -> pingora_error::Result<PollOutcome> {
-    let mut h = ResponseHeader::build(304, Some(6))?;
-    h.insert_header(http::header::ETAG, msg.etag.as_str())?;
-    h.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
-    h.insert_header(
-        http::header::AGE,
-        msg.received.elapsed().as_secs().to_string(),
-    )?;
+    let mut h = match &msg.heads {
+        Some(heads) => heads.not_modified.clone(),
+        None => {
+            let mut h = ResponseHeader::build_no_case(304, Some(8))?;
+            h.insert_header(http::header::ETAG, msg.etag.as_str())?;
+            h.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
+            h
+        }
+    };
+    h.insert_header(http::header::AGE, age(msg))?;
     decorate(&mut h, req, stale, close)?;
     send(session, h, None, close).await
 }
