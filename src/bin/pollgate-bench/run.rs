@@ -163,6 +163,26 @@ struct Measure {
 }
 
 impl Measure {
+    /// A measurement from the JSON report of the `http-load` client.
+    fn from_http_load(v: &Value, bytes_per_response: u64) -> Measure {
+        let errors = v["errors"].as_u64().unwrap_or(0)
+            + v["bad_status"].as_u64().unwrap_or(0)
+            + v["bad_body"].as_u64().unwrap_or(0);
+        Measure {
+            tool: "http-load",
+            rps: v["rps"].as_f64().unwrap_or(0.0),
+            p50_ms: v["latency"]["p50_ms"].as_f64().unwrap_or(0.0),
+            p99_ms: v["latency"]["p99_ms"].as_f64().unwrap_or(0.0),
+            requests: v["requests"].as_u64().unwrap_or(0),
+            errors,
+            bytes_per_response,
+            rounds: Vec::new(),
+            rps_median: 0.0,
+            foreign_cpu_pct: None,
+            steal_pct: None,
+        }
+    }
+
     fn json(&self) -> Value {
         json!({
             "tool": self.tool,
@@ -755,22 +775,7 @@ http {{
             args.push(b.display().to_string());
         }
         let v = self.client("http-load", &args, Duration::from_secs_f64(secs + 60.0))?;
-        let errors = v["errors"].as_u64().unwrap_or(0)
-            + v["bad_status"].as_u64().unwrap_or(0)
-            + v["bad_body"].as_u64().unwrap_or(0);
-        Ok(Measure {
-            tool: "http-load",
-            rps: v["rps"].as_f64().unwrap_or(0.0),
-            p50_ms: v["latency"]["p50_ms"].as_f64().unwrap_or(0.0),
-            p99_ms: v["latency"]["p99_ms"].as_f64().unwrap_or(0.0),
-            requests: v["requests"].as_u64().unwrap_or(0),
-            errors,
-            bytes_per_response: wire,
-            rounds: Vec::new(),
-            rps_median: 0.0,
-            foreign_cpu_pct: None,
-            steal_pct: None,
-        })
+        Ok(Measure::from_http_load(&v, wire))
     }
 }
 
@@ -938,22 +943,8 @@ impl Env {
             args.push(b.display().to_string());
         }
         let v = self.client("http-load", &args, Duration::from_secs_f64(secs + 60.0))?;
-        let errors = v["errors"].as_u64().unwrap_or(0)
-            + v["bad_status"].as_u64().unwrap_or(0)
-            + v["bad_body"].as_u64().unwrap_or(0);
-        Ok(Measure {
-            tool: "http-load",
-            rps: v["rps"].as_f64().unwrap_or(0.0),
-            p50_ms: v["latency"]["p50_ms"].as_f64().unwrap_or(0.0),
-            p99_ms: v["latency"]["p99_ms"].as_f64().unwrap_or(0.0),
-            requests: v["requests"].as_u64().unwrap_or(0),
-            errors,
-            bytes_per_response: v["bytes_per_response"].as_u64().unwrap_or(0),
-            rounds: Vec::new(),
-            rps_median: 0.0,
-            foreign_cpu_pct: None,
-            steal_pct: None,
-        })
+        let wire = v["bytes_per_response"].as_u64().unwrap_or(0);
+        Ok(Measure::from_http_load(&v, wire))
     }
 }
 
