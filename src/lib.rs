@@ -14,6 +14,7 @@
 //! - [`subscription`]: a [`subscription::Hub`] per poll route owns its cache and the upstream
 //!   WebSocket clients that feed it (one socket per topic or one shared socket), reconnecting
 //!   with jittered backoff.
+//! - [`limits`]: counting caps (connections, tunnels, topics, held polls) with RAII slots.
 //! - [`background`]: evicts idle topics, reloads on SIGHUP, answers held polls on shutdown.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/topics` and a status page on
 //!   `metrics_listen`. [`metrics`]: every Prometheus metric.
@@ -39,6 +40,7 @@ pub mod background;
 pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

@@ -8,6 +8,7 @@ pub use message::{etag_for, json_fragment, latest_heads, pointer_cursor, Heads, 
 pub use topic::{CursorArg, Since, SubState, Topic};
 
 use crate::config::PollRoute;
+use crate::limits::take;
 use crate::metrics::RouteMetrics;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -86,13 +87,10 @@ impl Store {
 
     /// Reserves a held-poll slot under the global cap.
     fn try_hold(&self) -> bool {
-        let max = self.inner.max_held.load(Ordering::Relaxed);
-        self.inner
-            .held
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
+        take(
+            &self.inner.held,
+            self.inner.max_held.load(Ordering::Relaxed),
+        )
     }
 
     fn release_hold(&self) {
@@ -155,13 +153,7 @@ impl RouteCache {
         }
         let inner = &self.store.inner;
         let max = inner.max_topics.load(Ordering::Relaxed);
-        if inner
-            .topics
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_err()
-        {
+        if !take(&inner.topics, max) {
             return Err(CacheError::GlobalTopicLimit);
         }
         let capacity = match self.poll.mode {
@@ -212,18 +204,8 @@ impl RouteCache {
 
     /// Reserves a held-poll slot under the route and global caps.
     pub fn try_hold(self: &Arc<Self>, topic: &Arc<Topic>) -> Option<HoldGuard> {
-        if let Some(max) = self.poll.max_held_polls {
-            if self
-                .held
-                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                    (n < max).then_some(n + 1)
-                })
-                .is_err()
-            {
-                return None;
-            }
-        } else {
-            self.held.fetch_add(1, Ordering::AcqRel);
+        if !take(&self.held, self.poll.max_held_polls.unwrap_or(usize::MAX)) {
+            return None;
         }
         if !self.store.try_hold() {
             self.held.fetch_sub(1, Ordering::AcqRel);

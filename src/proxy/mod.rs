@@ -8,7 +8,6 @@ pub mod access;
 pub mod handshake;
 pub mod header_deadline;
 pub mod headers;
-pub mod limits;
 pub mod poll;
 pub mod respond;
 pub mod router;
@@ -16,6 +15,7 @@ pub mod router;
 use crate::cache::Store;
 use crate::config::Config;
 use crate::config::Limits;
+use crate::limits;
 use crate::metrics::METRICS;
 use async_trait::async_trait;
 use handshake::Upgrade;
@@ -63,10 +63,6 @@ impl GatewayState {
                 config.limits.header_read_timeout.as_millis() as u64,
             )),
         }
-    }
-
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
     }
 
     pub fn router(&self) -> Arc<Router> {
@@ -220,17 +216,13 @@ impl ProxyHttp for Gateway {
             match limits::try_take(&self.state.connections, limits.max_connections) {
                 Some(slot) => ctx.connection = Some(Arc::new(slot)),
                 None => {
-                    METRICS
-                        .rejected
-                        .with_label_values(&["none", "max_connections"])
-                        .inc();
                     ctx.kind = Kind::Local;
                     ctx.status = 503;
-                    respond::json_error(
+                    respond::refuse(
                         session,
-                        503,
+                        "none",
+                        "max_connections",
                         "too many client connections",
-                        &[("retry-after", "1".to_string())],
                         true,
                     )
                     .await?;
@@ -294,16 +286,13 @@ impl ProxyHttp for Gateway {
                 match (global, local) {
                     (Some(g), Some(l)) => ctx.tunnel_slots = Some((g, l)),
                     _ => {
-                        METRICS
-                            .rejected
-                            .with_label_values(&[&m.entry.route.name, "max_websockets"])
-                            .inc();
                         ctx.status = 503;
-                        respond::json_error(
+                        let route = m.entry.route.name.clone();
+                        respond::refuse(
                             session,
-                            503,
+                            &route,
+                            "max_websockets",
                             "too many WebSocket tunnels",
-                            &[("retry-after", "1".to_string())],
                             false,
                         )
                         .await?;
@@ -449,15 +438,12 @@ impl ProxyHttp for Gateway {
         };
         if status > 0 && session.response_written().is_none() {
             ctx.status = status;
-            let extra = if retry {
-                vec![("retry-after", "1".to_string())]
+            let written = if retry {
+                respond::unavailable(session, message, true).await
             } else {
-                Vec::new()
+                respond::json_error(session, status, message, &[], true).await
             };
-            if respond::json_error(session, status, message, &extra, true)
-                .await
-                .is_err()
-            {
+            if written.is_err() {
                 tracing::debug!("could not write error response; client gone");
             }
         }

@@ -2,7 +2,7 @@
 //! cursor (`since`) polls. See `docs/polling.md` for the semantics this implements.
 
 use super::access::{AccessCache, Decision};
-use super::respond::{has_body, json_error};
+use super::respond::{has_body, json_error, refuse, unavailable};
 use super::router::decode_topic;
 use crate::cache::{CacheError, CursorArg, Message, SubState, Topic};
 use crate::config::{Access, Mode, PollRoute};
@@ -175,14 +175,7 @@ pub async fn serve(
                     .upstream_errors
                     .with_label_values(&[&hub.upstream.name, "auth_request"])
                     .inc();
-                json_error(
-                    session,
-                    503,
-                    "the authorization service is unavailable",
-                    &[("retry-after", "1".to_string())],
-                    false,
-                )
-                .await?;
+                unavailable(session, "the authorization service is unavailable", false).await?;
                 return Ok(PollOutcome::Answered(503));
             }
         }
@@ -538,18 +531,7 @@ async fn reject(
     message: &str,
 ) -> pingora_error::Result<PollOutcome> {
     hub.cache.metrics.rejected_polls.inc();
-    METRICS
-        .rejected
-        .with_label_values(&[&hub.cache.name, reason])
-        .inc();
-    json_error(
-        session,
-        503,
-        message,
-        &[("retry-after", "1".to_string())],
-        false,
-    )
-    .await?;
+    refuse(session, &hub.cache.name, reason, message, false).await?;
     Ok(PollOutcome::Answered(503))
 }
 

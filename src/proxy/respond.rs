@@ -1,5 +1,6 @@
 //! Writing the gateway's own responses: JSON errors and cache answers.
 
+use crate::metrics::METRICS;
 use bytes::Bytes;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -51,6 +52,35 @@ pub async fn json_error(
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())
+}
+
+/// `503` with `Retry-After: 1`: a temporary condition the client should retry.
+pub async fn unavailable(
+    session: &mut Session,
+    message: &str,
+    close: bool,
+) -> pingora_error::Result<()> {
+    json_error(
+        session,
+        503,
+        message,
+        &[("retry-after", "1".to_string())],
+        close,
+    )
+    .await
+}
+
+/// Refuses a request at a limit: counted in `pollgate_rejected_total{route,reason}`, answered
+/// with [`unavailable`].
+pub async fn refuse(
+    session: &mut Session,
+    route: &str,
+    reason: &'static str,
+    message: &str,
+    close: bool,
+) -> pingora_error::Result<()> {
+    METRICS.rejected.with_label_values(&[route, reason]).inc();
+    unavailable(session, message, close).await
 }
 
 /// Whether the request carries a body (declared length above zero, or chunked).

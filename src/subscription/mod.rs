@@ -115,15 +115,38 @@ impl Hub {
         }
     }
 
+    /// Counts an upstream message that was not cached.
+    fn dropped(&self, reason: &'static str) {
+        METRICS
+            .upstream_messages_dropped
+            .with_label_values(&[&self.cache.name, reason])
+            .inc();
+    }
+
+    /// Counts a subscription failure against the route's upstream.
+    fn upstream_error(&self, kind: &'static str) {
+        METRICS
+            .upstream_errors
+            .with_label_values(&[&self.upstream.name, kind])
+            .inc();
+    }
+
+    /// The periodic ping of a subscription socket: `false` when the socket is stalled (no frame
+    /// since `last_seen` for three ping intervals) or the ping cannot be sent.
+    async fn keepalive(&self, ws: &mut socket::Socket, last_seen: Instant) -> bool {
+        if last_seen.elapsed() >= self.poll().ping_interval * 3 {
+            tracing::warn!(route = %self.cache.name, "subscription stalled");
+            self.upstream_error("subscription_stalled");
+            return false;
+        }
+        ws.send(WsMessage::Ping(Bytes::new())).await.is_ok()
+    }
+
     /// Caches one upstream message for `topic`.
     fn ingest(&self, topic: &Topic, data: Bytes, binary: bool, parsed: Option<serde_json::Value>) {
         let poll = self.poll();
-        let route = &*self.cache.name;
         if data.len() > poll.max_message_bytes {
-            METRICS
-                .upstream_messages_dropped
-                .with_label_values(&[route, "oversize"])
-                .inc();
+            self.dropped("oversize");
             return;
         }
         let needs_json = poll.payload_pointer_or_id();
@@ -133,20 +156,14 @@ impl Hub {
             None => None,
         };
         if needs_json && value.is_none() {
-            METRICS
-                .upstream_messages_dropped
-                .with_label_values(&[route, "bad_json"])
-                .inc();
+            self.dropped("bad_json");
             return;
         }
         let payload = match (&poll.subscribe.payload_pointer, &value) {
             (Some(ptr), Some(v)) => match v.pointer(ptr) {
                 Some(part) => Bytes::from(serde_json::to_vec(part).expect("values serialise")),
                 None => {
-                    METRICS
-                        .upstream_messages_dropped
-                        .with_label_values(&[route, "no_payload"])
-                        .inc();
+                    self.dropped("no_payload");
                     return;
                 }
             },
@@ -207,10 +224,7 @@ impl Hub {
                 }
                 Err(e) => {
                     tracing::warn!(route = %self.cache.name, topic = %topic.name, error = %e, "subscription failed");
-                    METRICS
-                        .upstream_errors
-                        .with_label_values(&[&self.upstream.name, "subscribe"])
-                        .inc();
+                    self.upstream_error("subscribe");
                     topic.set_state(SubState::Down(Instant::now()));
                 }
             }
@@ -221,7 +235,6 @@ impl Hub {
     }
 
     async fn read_topic_socket(&self, ws: &mut socket::Socket, topic: &Topic) {
-        let stall = self.poll().ping_interval * 3;
         let mut ping = tokio::time::interval(self.poll().ping_interval);
         ping.reset();
         let mut last_seen = Instant::now();
@@ -236,18 +249,13 @@ impl Hub {
                         Some(Ok(_)) => {}
                         Some(Err(e)) => {
                             tracing::warn!(route = %self.cache.name, topic = %topic.name, error = %e, "subscription socket error");
-                            METRICS.upstream_errors.with_label_values(&[&self.upstream.name, "subscription_read"]).inc();
+                            self.upstream_error("subscription_read");
                             return;
                         }
                     }
                 }
                 _ = ping.tick() => {
-                    if last_seen.elapsed() >= stall {
-                        tracing::warn!(route = %self.cache.name, topic = %topic.name, "subscription stalled");
-                        METRICS.upstream_errors.with_label_values(&[&self.upstream.name, "subscription_stalled"]).inc();
-                        return;
-                    }
-                    if ws.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+                    if !self.keepalive(ws, last_seen).await {
                         return;
                     }
                 }

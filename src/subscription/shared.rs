@@ -3,7 +3,6 @@
 
 use super::{fill_topic, Backoff, Cmd, CmdSender, Hub};
 use crate::cache::SubState;
-use crate::metrics::METRICS;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
@@ -73,10 +72,7 @@ async fn run(hub: Arc<Hub>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
             }
             Err(e) => {
                 tracing::warn!(route = %hub.cache.name, error = %e, "shared subscription failed");
-                METRICS
-                    .upstream_errors
-                    .with_label_values(&[&hub.upstream.name, "subscribe"])
-                    .inc();
+                hub.upstream_error("subscribe");
                 for t in hub.cache.topics() {
                     t.set_state(SubState::Down(Instant::now()));
                 }
@@ -112,7 +108,6 @@ async fn serve(
     let pointer = sub.topic_pointer.as_deref().unwrap_or_default();
     let mut ping = tokio::time::interval(poll.ping_interval);
     ping.reset();
-    let stall = poll.ping_interval * 3;
     let mut last_seen = Instant::now();
     loop {
         tokio::select! {
@@ -125,31 +120,30 @@ async fn serve(
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => {
                         tracing::warn!(route = %hub.cache.name, error = %e, "shared subscription socket error");
-                        METRICS.upstream_errors.with_label_values(&[&hub.upstream.name, "subscription_read"]).inc();
+                        hub.upstream_error("subscription_read");
                         return true;
                     }
                 };
-                let route = &*hub.cache.name;
                 if data.len() > poll.max_message_bytes {
-                    METRICS.upstream_messages_dropped.with_label_values(&[route, "oversize"]).inc();
+                    hub.dropped("oversize");
                     continue;
                 }
                 let Ok(value) = serde_json::from_slice::<serde_json::Value>(&data) else {
-                    METRICS.upstream_messages_dropped.with_label_values(&[route, "bad_json"]).inc();
+                    hub.dropped("bad_json");
                     continue;
                 };
                 let topic_name = match value.pointer(pointer) {
                     Some(serde_json::Value::String(s)) => s.clone(),
                     Some(v) if !v.is_null() => v.to_string(),
                     _ => {
-                        METRICS.upstream_messages_dropped.with_label_values(&[route, "no_topic"]).inc();
+                        hub.dropped("no_topic");
                         continue;
                     }
                 };
                 match hub.cache.get(&topic_name) {
                     Some(t) => hub.ingest(&t, data, binary, Some(value)),
                     None => {
-                        METRICS.upstream_messages_dropped.with_label_values(&[route, "unknown_topic"]).inc();
+                        hub.dropped("unknown_topic");
                     }
                 }
             }
@@ -171,11 +165,7 @@ async fn serve(
                 }
             }
             _ = ping.tick() => {
-                if last_seen.elapsed() >= stall {
-                    METRICS.upstream_errors.with_label_values(&[&hub.upstream.name, "subscription_stalled"]).inc();
-                    return true;
-                }
-                if ws.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+                if !hub.keepalive(ws, last_seen).await {
                     return true;
                 }
             }

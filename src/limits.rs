@@ -14,14 +14,18 @@ impl Drop for Slot {
     }
 }
 
-/// Takes a slot if fewer than `max` are taken.
-pub fn try_take(counter: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+/// Counts one more if fewer than `max` are counted; the caller gives it back itself.
+pub fn take(counter: &AtomicUsize, max: usize) -> bool {
     counter
         .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
             (n < max).then_some(n + 1)
         })
-        .ok()
-        .map(|_| Slot(counter.clone()))
+        .is_ok()
+}
+
+/// Takes a slot if fewer than `max` are taken; the slot gives itself back when dropped.
+pub fn try_take(counter: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+    take(counter, max).then(|| Slot(counter.clone()))
 }
 
 #[cfg(test)]
