@@ -4,7 +4,7 @@
 use crate::admin::AdminApp;
 use crate::background::Housekeeper;
 use crate::config::Config;
-use crate::proxy::header_deadline::HeaderDeadlineApp;
+use crate::proxy::connection::ConnectionApp;
 use crate::proxy::{Gateway, GatewayState};
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::listeners::ListenerConfig;
@@ -64,7 +64,7 @@ pub fn build(config: Config, opts: RunOptions) -> Server {
     let proxy_app = pingora_proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
     let mut proxy = Service::new(
         "pollgate proxy".to_string(),
-        HeaderDeadlineApp::new(proxy_app, state.header_timeout_ms.clone()),
+        ConnectionApp::new(proxy_app, state.clone()),
     );
     let buffers = L4BufferSettings::new(
         config.limits.client_read_buffer_bytes,

@@ -677,3 +677,147 @@ async fn subscription_headers_expand_the_environment() {
         .unwrap();
     assert_eq!(hs.header("authorization"), Some("Bearer t0k3n"));
 }
+
+/// Splits a byte stream of HTTP/1.1 responses; `bodiless[i]`: response `i` answers a HEAD.
+fn responses(mut raw: &[u8], bodiless: &[bool]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for &head_only in bodiless {
+        let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+            break;
+        };
+        let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+        let status = status_of(&head);
+        let len: usize = match (
+            head_only || status == 304,
+            header_of(&head, "content-length"),
+        ) {
+            (false, Some(l)) => l.parse().unwrap(),
+            _ => 0,
+        };
+        let body_end = (end + 4 + len).min(raw.len());
+        out.push((
+            head,
+            String::from_utf8_lossy(&raw[end + 4..body_end]).into_owned(),
+        ));
+        raw = &raw[body_end..];
+    }
+    assert!(raw.is_empty(), "unparsed: {}", String::from_utf8_lossy(raw));
+    out
+}
+
+/// The headers two answers must agree on, names lowercased (Date, Age and the connection
+/// header differ by design).
+fn comparable(head: &str) -> Vec<(String, String)> {
+    let mut h: Vec<_> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .filter(|(k, _)| !matches!(k.as_str(), "date" | "age" | "connection"))
+        .collect();
+    h.sort();
+    h
+}
+
+#[tokio::test]
+async fn fast_path_answers_like_the_full_path_and_shares_connections_with_the_proxy() {
+    let up = Upstream::start().await;
+    up.on_http(|r| {
+        Reply::ok(&format!(
+            "upstream saw {} {} {}",
+            r.method,
+            r.target,
+            String::from_utf8_lossy(&r.body)
+        ))
+    });
+    up.publish("/ws/prices/btc", r#"{"p":1}"#);
+    let gw = Gateway::start(&config(&up, LATEST_LONG)).await;
+    let warm = get(&gw, "/api/prices/btc", &[]).await;
+    assert_eq!(warm.status, 200, "{}", warm.head);
+    let etag = warm.header("etag").unwrap();
+
+    // HTTP/1.1 polls take the fast path; HTTP/1.0 ones go through pingora and `poll.rs`.
+    // Both must give the same status, headers and body.
+    let cases: [(&str, String); 3] = [
+        ("GET", String::new()),
+        (
+            "GET",
+            format!("If-None-Match: {etag}\r\nPrefer: wait=0\r\n"),
+        ),
+        ("HEAD", "If-None-Match: \"other\"\r\n".to_string()),
+    ];
+    for (method, extra) in &cases {
+        let mut answers = Vec::new();
+        for version in ["1.1", "1.0"] {
+            let req = format!(
+                "{method} /api/prices/btc HTTP/{version}\r\nHost: t\r\nConnection: close\r\n{extra}\r\n"
+            );
+            let raw = raw_request(gw.addr, req.as_bytes(), Duration::from_secs(5))
+                .await
+                .unwrap();
+            let (head, body) = split_response(&raw);
+            answers.push((status_of(&head), comparable(&head), body, head));
+        }
+        let (fast, full) = (&answers[0], &answers[1]);
+        assert_eq!(
+            (fast.0, &fast.1, &fast.2),
+            (full.0, &full.1, &full.2),
+            "{method} {extra:?}:\nfast path:\n{}\nfull path:\n{}",
+            fast.3,
+            full.3
+        );
+        // Which path answered shows in the casing: the fast path writes `ETag`, pingora writes
+        // the name as `poll.rs` inserted it.
+        assert!(fast.3.contains("\r\nETag: ") && full.3.contains("\r\netag: "));
+        assert!(fast.3.contains("\r\nAge: ") && fast.3.contains("\r\nDate: "));
+    }
+
+    // One connection, five pipelined requests in one write, alternating between the fast
+    // path and the proxy: every answer comes back, in order, and only the proxied requests
+    // reach the backend.
+    let before = up.http_requests().len();
+    let pipelined = format!(
+        "GET /api/prices/btc HTTP/1.1\r\nHost: t\r\n\r\n\
+         POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello\
+         GET /api/prices/btc HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\nPrefer: wait=0\r\n\r\n\
+         GET /plain?x=1 HTTP/1.1\r\nHost: t\r\n\r\n\
+         HEAD /api/prices/btc HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    );
+    let raw = raw_request(gw.addr, pipelined.as_bytes(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let r = responses(&raw, &[false, false, false, false, true]);
+    let statuses: Vec<u16> = r.iter().map(|(h, _)| status_of(h)).collect();
+    assert_eq!(statuses, [200, 200, 304, 200, 200], "{r:#?}");
+    assert_eq!(r[0].1, r#"{"p":1}"#);
+    assert_eq!(r[1].1, "upstream saw POST /echo hello");
+    assert_eq!(r[3].1, "upstream saw GET /plain?x=1 ");
+    assert_eq!(header_of(&r[4].0, "content-length").as_deref(), Some("7"));
+    let seen: Vec<String> = up.http_requests()[before..]
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.target))
+        .collect();
+    assert_eq!(seen, ["POST /echo", "GET /plain?x=1"]);
+
+    // A held poll on each path is answered by the same publish.
+    let mut held = Vec::new();
+    for version in ["1.1", "1.0"] {
+        let req = format!(
+            "GET /api/prices/btc HTTP/{version}\r\nHost: t\r\nConnection: close\r\nIf-None-Match: {etag}\r\n\r\n"
+        );
+        let addr = gw.addr;
+        held.push(tokio::spawn(async move {
+            raw_request(addr, req.as_bytes(), Duration::from_secs(30))
+                .await
+                .unwrap()
+        }));
+    }
+    gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 2.0)
+        .await;
+    up.publish("/ws/prices/btc", r#"{"p":2}"#);
+    for h in held {
+        let (head, body) = split_response(&h.await.unwrap());
+        assert_eq!(status_of(&head), 200, "{head}");
+        assert_eq!(body, r#"{"p":2}"#);
+    }
+}

@@ -33,6 +33,11 @@ pub struct Message {
 pub struct Heads {
     pub ok: ResponseHeader,
     pub not_modified: ResponseHeader,
+    /// The same two heads as wire bytes for the fast path (`proxy/fast.rs`): status line and
+    /// fixed headers, each line ending in CRLF; the per-answer headers and the blank line
+    /// follow.
+    pub wire_ok: Bytes,
+    pub wire_not_modified: Bytes,
 }
 
 /// Builds the latest-mode heads for a payload of `len` bytes.
@@ -59,7 +64,18 @@ pub fn latest_heads(content_type: &str, len: usize, etag: &str) -> Option<Box<He
         let mut not_modified = ResponseHeader::build_no_case(304, Some(10))?;
         not_modified.insert_header(http::header::ETAG, tag)?;
         not_modified.insert_header(http::header::CACHE_CONTROL, no_cache)?;
-        Ok(Heads { ok, not_modified })
+        let wire_ok = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\n\
+             Cache-Control: no-cache\r\nETag: {etag}\r\n"
+        );
+        let wire_not_modified =
+            format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nCache-Control: no-cache\r\n");
+        Ok(Heads {
+            ok,
+            not_modified,
+            wire_ok: Bytes::from(wire_ok),
+            wire_not_modified: Bytes::from(wire_not_modified),
+        })
     };
     build().ok().map(Box::new)
 }
@@ -137,5 +153,13 @@ mod heads_tests {
         assert_eq!(h.ok.status, 200);
         assert_eq!(h.ok.headers["content-length"], "10");
         assert_eq!(h.not_modified.headers["etag"], "\"abc\"");
+        assert_eq!(
+            &h.wire_ok[..],
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\
+              Cache-Control: no-cache\r\nETag: \"abc\"\r\n"
+        );
+        assert!(h
+            .wire_not_modified
+            .starts_with(b"HTTP/1.1 304 Not Modified\r\n"));
     }
 }

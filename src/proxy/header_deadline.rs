@@ -5,19 +5,20 @@
 //! [`HeaderDeadline`], which watches the bytes it reads for the end of a request head and fails
 //! the read once the deadline passes. It stops watching for good once the connection is
 //! upgraded (a `101` response), so WebSocket tunnels are never cut by it.
+//!
+//! It also carries bytes handed back by the cache fast path (see `connection.rs`): a request
+//! head read there but answered by pingora is replayed to pingora's parser first.
 
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
+use bytes::{Buf, Bytes};
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType,
 };
-use pingora_core::server::ShutdownWatch;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -48,6 +49,8 @@ pub struct HeaderDeadline {
     started: Instant,
     /// The last bytes seen, to find `\r\n\r\n` across reads.
     tail: u32,
+    /// Bytes already read (and scanned) once, to be read again before the socket.
+    replay: Bytes,
 }
 
 impl HeaderDeadline {
@@ -60,7 +63,24 @@ impl HeaderDeadline {
             timer: Some(Box::pin(tokio::time::sleep(timeout))),
             started: Instant::now(),
             tail: 0,
+            replay: Bytes::new(),
         }
+    }
+
+    /// The current request head is complete (it was read whole earlier, behind another
+    /// request): stop timing it, so its body is not mistaken for a slow head.
+    pub fn head_complete(&mut self) {
+        if !matches!(self.phase, Phase::Tunnel) {
+            self.phase = Phase::Body;
+            self.timer = None;
+        }
+    }
+
+    /// Makes `bytes` the next bytes read, ahead of the socket's. They were scanned when first
+    /// read, so the deadline state is not touched again.
+    pub fn replay(&mut self, bytes: Bytes) {
+        debug_assert!(self.replay.is_empty(), "one replay at a time");
+        self.replay = bytes;
     }
 
     /// Feeds read bytes to the end-of-head scanner; `true` once `\r\n\r\n` was seen.
@@ -94,6 +114,12 @@ impl AsyncRead for HeaderDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         if matches!(this.phase, Phase::Head) {
             if let Some(t) = this.timer.as_mut() {
                 if t.as_mut().poll(cx).is_ready() {
@@ -224,43 +250,6 @@ impl Peek for HeaderDeadline {
     }
 }
 
-/// Wraps a pingora app so every accepted connection gets a [`HeaderDeadline`].
-pub struct HeaderDeadlineApp<A> {
-    inner: Arc<A>,
-    /// Milliseconds; shared with the gateway state so a reload can change it.
-    timeout_ms: Arc<AtomicU64>,
-}
-
-impl<A> HeaderDeadlineApp<A> {
-    pub fn new(inner: A, timeout_ms: Arc<AtomicU64>) -> Self {
-        HeaderDeadlineApp {
-            inner: Arc::new(inner),
-            timeout_ms,
-        }
-    }
-}
-
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadlineApp<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let stream: Stream = if stream.as_any().is::<HeaderDeadline>() {
-            stream
-        } else {
-            let t = Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed));
-            Box::new(HeaderDeadline::new(stream, t))
-        };
-        self.inner.process_new(stream, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.inner.cleanup().await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +264,7 @@ mod tests {
             timer: None,
             started: Instant::now(),
             tail: 0,
+            replay: Bytes::new(),
         };
         assert!(!d.scan(b"GET / HTTP/1.1\r\nHost: x\r"));
         assert!(!d.scan(b"\n\r"));

@@ -5,6 +5,8 @@
 //! (pingora relays the upgraded tunnel both ways) and cold-topic poll fallbacks.
 
 pub mod access;
+pub mod connection;
+pub mod fast;
 pub mod handshake;
 pub mod header_deadline;
 pub mod headers;
@@ -17,6 +19,7 @@ use crate::config::Config;
 use crate::config::Limits;
 use crate::limits;
 use crate::metrics::METRICS;
+use crate::subscription::Hub;
 use async_trait::async_trait;
 use handshake::Upgrade;
 use parking_lot::RwLock;
@@ -26,10 +29,9 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use poll::PollOutcome;
 use router::Router;
-use std::any::Any;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Shared gateway state: the routing table (swapped whole on reload) and the topic store.
 /// A cheap-clone handle.
@@ -67,6 +69,10 @@ impl GatewayState {
 
     pub fn router(&self) -> Arc<Router> {
         self.router.read().clone()
+    }
+
+    pub fn limits(&self) -> Limits {
+        *self.limits.read()
     }
 
     /// Installs a new config atomically; unchanged poll routes keep their hubs.
@@ -132,9 +138,6 @@ pub struct Ctx {
     /// Status of a response the gateway wrote itself.
     status: u16,
     tunnel_open: bool,
-    /// This request's client connection slot: shared with the connection's later requests
-    /// through pingora's persisted connection context, released when the connection closes.
-    connection: Option<Arc<limits::Slot>>,
     /// Global and per-route WebSocket tunnel slots, held for the tunnel's life.
     tunnel_slots: Option<(limits::Slot, Option<limits::Slot>)>,
 }
@@ -177,29 +180,7 @@ impl ProxyHttp for Gateway {
             kind: Kind::Proxy,
             status: 0,
             tunnel_open: false,
-            connection: None,
             tunnel_slots: None,
-        }
-    }
-
-    fn persist_connection_context(
-        &self,
-        _session: &Session,
-        ctx: &Ctx,
-    ) -> Option<Box<dyn Any + Send + Sync>> {
-        ctx.connection
-            .clone()
-            .map(|c| Box::new(c) as Box<dyn Any + Send + Sync>)
-    }
-
-    fn on_connection_reuse(
-        &self,
-        _session: &mut Session,
-        ctx: &mut Ctx,
-        prev: Box<dyn Any + Send + Sync>,
-    ) {
-        if let Ok(slot) = prev.downcast::<Arc<limits::Slot>>() {
-            ctx.connection = Some(*slot);
         }
     }
 
@@ -210,26 +191,7 @@ impl ProxyHttp for Gateway {
     ) -> pingora_error::Result<bool> {
         let router = self.state.router();
         ctx.router = Some(router.clone());
-        let limits = *self.state.limits.read();
-        if ctx.connection.is_none() {
-            // The first request of a new connection takes its slot.
-            match limits::try_take(&self.state.connections, limits.max_connections) {
-                Some(slot) => ctx.connection = Some(Arc::new(slot)),
-                None => {
-                    ctx.kind = Kind::Local;
-                    ctx.status = 503;
-                    respond::refuse(
-                        session,
-                        "none",
-                        "max_connections",
-                        "too many client connections",
-                        true,
-                    )
-                    .await?;
-                    return Ok(true);
-                }
-            }
-        }
+        let limits = self.state.limits();
         session.set_keepalive(Some(limits.keepalive_timeout.as_secs()));
         if let Some((status, reason)) = check_request_shape(session.req_header(), &limits) {
             return local_error(session, ctx, status, reason).await;
@@ -463,56 +425,84 @@ impl ProxyHttp for Gateway {
             .unwrap_or(ctx.status);
         let elapsed = ctx.start.elapsed();
         let route = ctx.route_name();
-        // The cache-hit path uses pre-resolved handles: no label hashing per request.
         let hub = ctx.entry().and_then(|e| e.hub.as_ref());
-        match (ctx.kind, status, hub) {
-            (Kind::Poll, 200, Some(h)) => {
-                h.cache.metrics.ok_200.inc();
-                h.cache.metrics.poll_duration.observe(elapsed.as_secs_f64());
-            }
-            (Kind::Poll, 304, Some(h)) => {
-                h.cache.metrics.ok_304.inc();
-                h.cache.metrics.poll_duration.observe(elapsed.as_secs_f64());
-            }
-            _ => {
-                // `StatusCode::as_str` is a static string: no allocation per request.
-                let code = http::StatusCode::from_u16(status).ok();
-                METRICS
-                    .proxied_requests
-                    .with_label_values(&[route, code.as_ref().map_or("0", |s| s.as_str())])
-                    .inc();
-                METRICS
-                    .request_duration
-                    .with_label_values(&[route, ctx.kind.label()])
-                    .observe(elapsed.as_secs_f64());
-            }
-        }
-        if self
-            .state
-            .access_log
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        count_request(route, hub, ctx.kind, status, elapsed);
+        if self.state.access_log.load(Ordering::Relaxed) {
             let req = session.req_header();
             let upstream = ctx
                 .entry()
                 .filter(|_| matches!(ctx.kind, Kind::Proxy | Kind::Fallback | Kind::WebSocket))
                 .map(|e| e.route.upstream.name.as_str())
                 .unwrap_or("-");
-            tracing::info!(
-                target: "access",
-                client = %session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
-                method = %req.method,
-                path = %req.uri.path(),
+            access_log(&AccessLine {
+                client: session.client_addr().map(|a| a.to_string()),
+                method: req.method.as_str(),
+                path: req.uri.path(),
                 route,
-                kind = ctx.kind.label(),
+                kind: ctx.kind,
                 status,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                elapsed,
                 upstream,
-                error = e.map(|e| e.etype().as_str()).unwrap_or(""),
-                "request"
-            );
+                error: e.map(|e| e.etype().as_str()).unwrap_or(""),
+            });
         }
     }
+}
+
+/// Counts one finished request. Poll answers use their route's pre-resolved handles, so the
+/// cache-hit path hashes no labels.
+fn count_request(route: &str, hub: Option<&Arc<Hub>>, kind: Kind, status: u16, elapsed: Duration) {
+    match (kind, status, hub) {
+        (Kind::Poll, 200, Some(h)) => {
+            h.cache.metrics.ok_200.inc();
+            h.cache.metrics.poll_duration.observe(elapsed.as_secs_f64());
+        }
+        (Kind::Poll, 304, Some(h)) => {
+            h.cache.metrics.ok_304.inc();
+            h.cache.metrics.poll_duration.observe(elapsed.as_secs_f64());
+        }
+        _ => {
+            // `StatusCode::as_str` is a static string: no allocation per request.
+            let code = http::StatusCode::from_u16(status).ok();
+            METRICS
+                .proxied_requests
+                .with_label_values(&[route, code.as_ref().map_or("0", |s| s.as_str())])
+                .inc();
+            METRICS
+                .request_duration
+                .with_label_values(&[route, kind.label()])
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+}
+
+/// One access-log line's fields.
+struct AccessLine<'a> {
+    client: Option<String>,
+    method: &'a str,
+    path: &'a str,
+    route: &'a str,
+    kind: Kind,
+    status: u16,
+    elapsed: Duration,
+    upstream: &'a str,
+    error: &'a str,
+}
+
+fn access_log(l: &AccessLine<'_>) {
+    tracing::info!(
+        target: "access",
+        client = %l.client.as_deref().unwrap_or_default(),
+        method = %l.method,
+        path = %l.path,
+        route = l.route,
+        kind = l.kind.label(),
+        status = l.status,
+        duration_ms = l.elapsed.as_secs_f64() * 1000.0,
+        upstream = l.upstream,
+        error = l.error,
+        "request"
+    );
 }
 
 /// Refuses requests whose size or framing is unsafe to pass on: oversized request lines or

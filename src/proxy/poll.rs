@@ -29,7 +29,7 @@ pub enum PollOutcome {
 
 /// Why a poll request is refused before the cache is consulted.
 #[derive(Debug, thiserror::Error)]
-enum BadPoll {
+pub(super) enum BadPoll {
     #[error("{0}")]
     Topic(&'static str),
     #[error("poll requests must not have a body")]
@@ -90,11 +90,34 @@ fn parse(session: &Session, poll: &PollRoute) -> Result<PollRequest, BadPoll> {
             }
         }
     };
+    let prefer = req
+        .headers
+        .get_all("prefer")
+        .into_iter()
+        .map(|v| v.as_bytes());
+    let (wait, prefer_applied) = wait_preference(prefer, poll)?;
+    Ok(PollRequest {
+        cursor,
+        if_none_match,
+        wait,
+        prefer_applied,
+    })
+}
+
+/// How long a poll may be held: `Prefer: wait=N` from any of the `Prefer` header values, capped
+/// by the route's `max_wait` (the applied value is echoed in `Preference-Applied`), else the
+/// route's `long_poll`.
+pub(super) fn wait_preference<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+    poll: &PollRoute,
+) -> Result<(Duration, Option<u64>), BadPoll> {
     let mut prefer_wait = None;
-    for v in req.headers.get_all("prefer") {
-        let v = v
-            .to_str()
-            .map_err(|_| BadPoll::Prefer("not ASCII".into()))?;
+    for v in values {
+        // The same rule as `HeaderValue::to_str`: visible ASCII, spaces and tabs.
+        let v = std::str::from_utf8(v)
+            .ok()
+            .filter(|s| s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
+            .ok_or_else(|| BadPoll::Prefer("not ASCII".into()))?;
         for pref in v.split([',', ';']) {
             let pref = pref.trim();
             if let Some(n) = pref
@@ -110,19 +133,12 @@ fn parse(session: &Session, poll: &PollRoute) -> Result<PollRequest, BadPoll> {
             }
         }
     }
-    let (wait, prefer_applied) = match prefer_wait {
+    Ok(match prefer_wait {
         Some(secs) => {
-            let cap = poll.max_wait;
-            let w = Duration::from_secs(secs).min(cap);
+            let w = Duration::from_secs(secs).min(poll.max_wait);
             (w, Some(w.as_secs()))
         }
         None => (poll.long_poll, None),
-    };
-    Ok(PollRequest {
-        cursor,
-        if_none_match,
-        wait,
-        prefer_applied,
     })
 }
 
@@ -238,7 +254,7 @@ pub async fn serve(
     }
 }
 
-fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+pub(super) fn etag_matches(if_none_match: &str, etag: &str) -> bool {
     if_none_match.trim() == "*"
         || if_none_match
             .split(',')

@@ -88,12 +88,18 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 /// CPU seconds (user + system) a process has used so far.
 pub fn cpu_s(pid: u32) -> Option<f64> {
+    cpu_user_sys_s(pid).map(|(u, s)| u + s)
+}
+
+/// A process's user and system CPU seconds so far.
+pub fn cpu_user_sys_s(pid: u32) -> Option<(f64, f64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = s.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state is field 3, utime 14 and stime 15 (1-based over the whole line).
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
+    let user: f64 = f.get(11)?.parse().ok()?;
+    let sys: f64 = f.get(12)?.parse().ok()?;
+    Some((user / 100.0, sys / 100.0))
 }
 
 /// Sums every `pollgate_long_polls_held` sample in a Prometheus exposition.
@@ -286,7 +292,7 @@ pub async fn run(a: LongpollArgs) -> Result<serde_json::Value, String> {
         })
         .collect();
     let publish_addr = a.publish.clone();
-    let server_cpu_before = a.pid.and_then(cpu_s);
+    let server_cpu_before = a.pid.and_then(cpu_user_sys_s);
     let client_cpu_before = cpu_s(std::process::id());
     let publisher = std::thread::spawn(move || publish_all(&publish_addr, &pubs));
     let publish_started = Instant::now();
@@ -310,11 +316,12 @@ pub async fn run(a: LongpollArgs) -> Result<serde_json::Value, String> {
             }
         }
     }
-    let server_cpu = a
+    let server_user_sys = a
         .pid
-        .and_then(cpu_s)
+        .and_then(cpu_user_sys_s)
         .zip(server_cpu_before)
-        .map(|(x, y)| round3(x - y));
+        .map(|(x, y)| (round3(x.0 - y.0), round3(x.1 - y.1)));
+    let server_cpu = server_user_sys.map(|(u, s)| round3(u + s));
     let client_cpu = cpu_s(std::process::id())
         .zip(client_cpu_before)
         .map(|(x, y)| round3(x - y));
@@ -394,6 +401,9 @@ pub async fn run(a: LongpollArgs) -> Result<serde_json::Value, String> {
         "fanout_s": round3(last_at.duration_since(publish_started).as_secs_f64()),
         "latency": lat.json(),
         "server_cpu_s_during_fanout": server_cpu,
+        // The kernel's share shows what a user-space change can still win.
+        "server_user_s_during_fanout": server_user_sys.map(|c| c.0),
+        "server_sys_s_during_fanout": server_user_sys.map(|c| c.1),
         "client_cpu_s_during_fanout": client_cpu,
         "rss_before_kib": rss_before,
         "rss_after_kib": rss_after,

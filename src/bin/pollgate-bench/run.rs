@@ -532,13 +532,23 @@ impl Env {
     }
 
     fn start_pollgate(&self, p: &mut Procs, config: &str) -> Result<Svc, String> {
+        self.start_pollgate_on(p, config, self.server_cpu.as_deref())
+    }
+
+    /// [`Self::start_pollgate`] pinned to `cpu` (`None`: free to use every core).
+    fn start_pollgate_on(
+        &self,
+        p: &mut Procs,
+        config: &str,
+        cpu: Option<&str>,
+    ) -> Result<Svc, String> {
         let addr = procs::free_addr()?;
         let admin = procs::free_addr()?;
         let name = self.name("pollgate");
         let path = self.dir.join(format!("{name}.yaml"));
         let text = config.replace("@LISTEN@", &addr).replace("@ADMIN@", &admin);
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut cmd = procs::command(&self.pollgate, self.server_cpu.as_deref());
+        let mut cmd = procs::command(&self.pollgate, cpu);
         cmd.arg("-c").arg(&path).env("RUST_LOG", "warn");
         let pid = p.spawn(&name, cmd)?;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -592,6 +602,18 @@ impl Env {
 
     /// nginx in the foreground with its own prefix and config in the scratch directory.
     fn start_nginx(&self, p: &mut Procs, server_block: &str, nchan: bool) -> Result<Svc, String> {
+        self.start_nginx_on(p, server_block, nchan, 1, self.server_cpu.as_deref())
+    }
+
+    /// [`Self::start_nginx`] with `workers` worker processes pinned to `cpu` (`None`: free).
+    fn start_nginx_on(
+        &self,
+        p: &mut Procs,
+        server_block: &str,
+        nchan: bool,
+        workers: usize,
+        cpu: Option<&str>,
+    ) -> Result<Svc, String> {
         let nginx = self.nginx.as_ref().ok_or("nginx is not installed")?;
         let addr = procs::free_addr()?;
         let name = self.name("nginx");
@@ -606,7 +628,7 @@ impl Env {
         let user = if self.root { "user root;" } else { "" };
         let conf = format!(
             r#"{user}
-worker_processes 1;
+worker_processes {workers};
 worker_rlimit_nofile 20000;
 error_log {d}/logs/error.log warn;
 pid {d}/nginx.pid;
@@ -628,7 +650,7 @@ http {{
         );
         let conf_path = prefix.join("nginx.conf");
         std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
-        let mut cmd = procs::command(nginx, self.server_cpu.as_deref());
+        let mut cmd = procs::command(nginx, cpu);
         cmd.arg("-p")
             .arg(&prefix)
             .arg("-c")
@@ -1528,13 +1550,43 @@ fn s3_inner(env: &Env, report: &mut Report, sec: &mut Section) -> Result<(), Str
          handing the message to that channel's subscribers, so its 100 publishes are paced; the sample backend \
          acknowledges at once, so pollgate's 10,000 answers are due together in both variants."
     ));
+    sec.notes.push(
+        "Two placements. **2 cores** (the target): the server may use both CPUs (pollgate `threads: 2`, \
+         Nchan `worker_processes 2`, no pinning) while the clients stay on CPU 0. **1 core** (context): \
+         the server pinned to CPU 1 with one thread or worker, as in the other scenarios. On one core \
+         the fan-out is bound by the kernel: each answer is one `send` on a loopback TCP socket, and \
+         the kernel's share of the server's CPU per answer (system time, in results.json as \
+         `server_sys_s_during_fanout`) is about 9 µs here, for pollgate and nginx alike, so 10,000 \
+         answers cannot all leave one core within 100 ms whatever runs in user space. Nchan with two \
+         workers: RSS and CPU are not summed over its workers (\"-\")."
+            .to_string(),
+    );
     let mut data = serde_json::Map::new();
     let mut all_ok = true;
     let lp_limit = Duration::from_secs(240);
-    for &topics in &plan.lp_topic_variants {
+    // (cores, topics): the two-core target variants first, then the one-core context.
+    let variants: Vec<(usize, usize)> = [2, 1]
+        .iter()
+        .flat_map(|&c| plan.lp_topic_variants.iter().map(move |&t| (c, t)))
+        .collect();
+    let label_of = |who: &str, cores: usize, topics: usize| {
+        format!(
+            "{who}, {topics} topic{}, {cores} core{}",
+            if topics == 1 { "" } else { "s" },
+            if cores == 1 { "" } else { "s" }
+        )
+    };
+    for &(cores, topics) in &variants {
         let mut p = Procs::new(&env.dir);
         let backend = env.start_backend(&mut p, &[], 3_600_000)?;
-        let gw = env.start_pollgate(&mut p, &pollgate_config(&backend.addr, Some("60s")))?;
+        let config = pollgate_config(&backend.addr, Some("60s"))
+            .replace("threads: 1\n", &format!("threads: {cores}\n"));
+        let cpu = if cores == 1 {
+            env.server_cpu.as_deref()
+        } else {
+            None
+        };
+        let gw = env.start_pollgate_on(&mut p, &config, cpu)?;
         let args: Vec<String> = vec![
             "--target".into(),
             gw.addr.clone(),
@@ -1558,13 +1610,10 @@ fn s3_inner(env: &Env, report: &mut Report, sec: &mut Section) -> Result<(), Str
         p.stop_all();
         let v = v?;
         eprintln!(
-            "  pollgate {topics} topics: delivered {} p99 {} ms",
+            "  pollgate {topics} topics, {cores} cores: delivered {} p99 {} ms",
             v["delivered"], v["latency"]["p99_ms"]
         );
-        let label = format!(
-            "pollgate, {topics} topic{}",
-            if topics == 1 { "" } else { "s" }
-        );
+        let label = label_of("pollgate", cores, topics);
         sec.rows.push(lp_row(&label, &v));
         let delivered = v["delivered"].as_u64().unwrap_or(0);
         let ok = delivered == clients as u64;
@@ -1579,13 +1628,14 @@ fn s3_inner(env: &Env, report: &mut Report, sec: &mut Section) -> Result<(), Str
                 Some(ok),
             );
             let p99 = v["latency"]["p99_ms"].as_f64().unwrap_or(f64::INFINITY);
+            // The target is set on two cores; one core is reported as context.
             report.target(
                 "3",
                 &format!("{label}: p99 publish-to-client"),
-                "<= 100 ms",
+                if cores == 2 { "<= 100 ms" } else { "(context)" },
                 format!("{p99:.1} ms"),
                 Some(p99),
-                Some(p99 <= 100.0),
+                (cores == 2).then_some(p99 <= 100.0),
             );
             if let Some(b) = v["rss_per_held_bytes"].as_f64() {
                 report.target(
@@ -1598,16 +1648,17 @@ fn s3_inner(env: &Env, report: &mut Report, sec: &mut Section) -> Result<(), Str
                 );
             }
         }
+        let key = format!("pollgate_{topics}_{cores}core");
         if !ok && env.mode == Mode::Smoke {
-            data.insert(format!("pollgate_{topics}"), v.clone());
+            data.insert(key, v.clone());
             sec.data = Value::Object(data);
             return Err(format!("{label}: {delivered} of {clients} delivered: {v}"));
         }
-        data.insert(format!("pollgate_{topics}"), v);
+        data.insert(key, v);
     }
     if env.mode != Mode::Smoke {
         if env.nginx.is_some() && env.nchan_module.is_some() {
-            for &topics in &plan.lp_topic_variants {
+            for &(cores, topics) in &variants {
                 let mut p = Procs::new(&env.dir);
                 let block = r#"  nchan_max_reserved_memory 256M;
   server {
@@ -1616,7 +1667,12 @@ fn s3_inner(env: &Env, report: &mut Report, sec: &mut Section) -> Result<(), Str
     location ~ ^/sub/(.+)$ { nchan_subscriber longpoll; nchan_channel_id $1; }
     location = /nchan_status { nchan_stub_status; }
   }"#;
-                let ngx = env.start_nginx(&mut p, block, true)?;
+                let cpu = if cores == 1 {
+                    env.server_cpu.as_deref()
+                } else {
+                    None
+                };
+                let ngx = env.start_nginx_on(&mut p, block, true, cores, cpu)?;
                 let mut args: Vec<String> = vec![
                     "--target".into(),
                     ngx.addr.clone(),
@@ -1636,7 +1692,7 @@ fn s3_inner(env: &Env, report: &mut Report, sec: &mut Section) -> Result<(), Str
                     "--held-nchan".into(),
                     ngx.addr.clone(),
                 ];
-                if let Some(w) = ngx.worker {
+                if let (Some(w), 1) = (ngx.worker, cores) {
                     args.push("--pid".into());
                     args.push(w.to_string());
                 }
@@ -1645,21 +1701,15 @@ fn s3_inner(env: &Env, report: &mut Report, sec: &mut Section) -> Result<(), Str
                 match v {
                     Ok(v) => {
                         eprintln!(
-                            "  nchan {topics} topics: delivered {} p99 {} ms",
+                            "  nchan {topics} topics, {cores} cores: delivered {} p99 {} ms",
                             v["delivered"], v["latency"]["p99_ms"]
                         );
-                        sec.rows.push(lp_row(
-                            &format!(
-                                "Nchan, {topics} topic{}",
-                                if topics == 1 { "" } else { "s" }
-                            ),
-                            &v,
-                        ));
-                        data.insert(format!("nchan_{topics}"), v);
+                        sec.rows.push(lp_row(&label_of("Nchan", cores, topics), &v));
+                        data.insert(format!("nchan_{topics}_{cores}core"), v);
                     }
-                    Err(e) => sec
-                        .notes
-                        .push(format!("Nchan with {topics} topics failed: {e}")),
+                    Err(e) => sec.notes.push(format!(
+                        "Nchan with {topics} topics on {cores} cores failed: {e}"
+                    )),
                 }
             }
         } else {

@@ -1,0 +1,469 @@
+//! The cache fast path: plain latest-mode polls answered below pingora's HTTP layer.
+//!
+//! A cache hit copies a few hundred bytes out of memory, yet a request through pingora's proxy
+//! layer costs a session, a boxed per-request future, header maps and the proxy's phase
+//! machinery (about 40k instructions, and about 32 KiB held per waiting connection). Here the
+//! head is parsed in place with `httparse`, the answer is the message's pre-built wire head plus
+//! `Age` and `Date`, and a long poll waits in this small future instead of a pingora session.
+//!
+//! The fast path only takes requests it answers exactly as `poll.rs` would: GET or HEAD over
+//! HTTP/1.1 with one Host, no body, no upgrade, on a public latest-mode route whose topic is
+//! warm (and not stale past `max_stale`). Everything else (other methods and routes, `since`
+//! mode, `auth_request`, cold topics, refusals at a limit, anything malformed or unusual) is
+//! handed to pingora untouched ([`Served::NotFast`]), where `request_filter` decides.
+
+use super::header_deadline::HeaderDeadline;
+use super::poll::{etag_matches, wait_preference};
+use super::router::decode_topic;
+use super::{access_log, count_request, AccessLine, GatewayState, Kind};
+use crate::cache::{Message, SubState};
+use crate::config::{Access, Limits, Mode};
+use pingora_core::protocols::http::date::get_cached_date;
+use pingora_core::protocols::GetSocketDigest;
+use std::io::Write as _;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::sleep_until;
+
+/// Longest request head the fast path reads before leaving the request to pingora: a poll is a
+/// request line and a handful of headers.
+pub const MAX_HEAD: usize = 4096;
+/// More header lines than this and the request goes to pingora.
+pub const MAX_HEADERS: usize = 32;
+/// Bodies up to this size are copied behind the head so the answer is one write.
+const COALESCE_BODY: usize = 16 * 1024;
+
+/// A request head the fast path may answer; it borrows the connection's read buffer.
+pub struct Request<'a> {
+    /// Length of the head in the buffer.
+    pub len: usize,
+    method: &'static str,
+    target: &'a str,
+    path: &'a str,
+    if_none_match: Option<&'a str>,
+    /// The client sent `Connection: close`.
+    close: bool,
+    headers: &'a [httparse::Header<'a>],
+}
+
+impl<'a> Request<'a> {
+    fn prefer(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("prefer"))
+            .map(|h| h.value)
+    }
+}
+
+/// What the bytes read so far are.
+pub enum Parsed<'a> {
+    /// An incomplete head: read more.
+    Partial,
+    Fast(Request<'a>),
+    /// A request for pingora (or bytes pingora will refuse).
+    Other,
+}
+
+/// What the fast path did with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Answered; the connection stays open for the next request.
+    KeepAlive,
+    /// Answered (or the client left); close the connection.
+    Close,
+    /// Not for the fast path: nothing was written, hand the request to pingora.
+    NotFast,
+}
+
+/// Bytes of a request target the fast path accepts; anything else (which pingora's URI parser
+/// may judge differently) goes to pingora.
+fn plain_target_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%?".contains(&b)
+}
+
+fn visible_ascii(v: &[u8]) -> Option<&str> {
+    if v.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+        std::str::from_utf8(v).ok().map(str::trim)
+    } else {
+        None
+    }
+}
+
+/// Parses the head at the start of `buf`, if it is complete and plain enough for the fast path.
+pub fn parse<'a>(
+    buf: &'a [u8],
+    headers: &'a mut [httparse::Header<'a>],
+    limits: &Limits,
+) -> Parsed<'a> {
+    let max_head = MAX_HEAD.min(limits.max_request_header_bytes);
+    let mut req = httparse::Request::new(headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < max_head => return Parsed::Partial,
+        _ => return Parsed::Other,
+    };
+    let method = match req.method {
+        Some("GET") => "GET",
+        Some("HEAD") => "HEAD",
+        _ => return Parsed::Other,
+    };
+    let Some(target) = req.path else {
+        return Parsed::Other;
+    };
+    // The same request-line measure as `check_request_shape`.
+    let line = method.len() + target.len() + 11;
+    if req.version != Some(1)
+        || len > max_head
+        || line > limits.max_request_line_bytes
+        || !target.starts_with('/')
+        || !target.bytes().all(plain_target_byte)
+    {
+        return Parsed::Other;
+    }
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let mut hosts = 0;
+    let mut if_none_match = None;
+    let mut close = false;
+    let headers: &'a [httparse::Header<'a>] = req.headers;
+    for h in headers {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case("if-none-match") {
+            match (if_none_match, visible_ascii(h.value)) {
+                (None, Some(v)) => if_none_match = Some(v),
+                _ => return Parsed::Other,
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            match visible_ascii(h.value) {
+                Some(v) if v.eq_ignore_ascii_case("keep-alive") => {}
+                Some(v) if v.eq_ignore_ascii_case("close") => close = true,
+                _ => return Parsed::Other,
+            }
+        } else if name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("sec-websocket-key")
+        {
+            return Parsed::Other;
+        }
+    }
+    if hosts != 1 {
+        return Parsed::Other;
+    }
+    Parsed::Fast(Request {
+        len,
+        method,
+        target,
+        path,
+        if_none_match,
+        close,
+        headers,
+    })
+}
+
+/// What a held poll woke up to.
+enum Woke {
+    Changed,
+    Timeout,
+    Shutdown,
+    Gone,
+}
+
+/// One answer's variable parts.
+struct Answer<'m> {
+    msg: &'m Message,
+    not_modified: bool,
+    stale: bool,
+    prefer_applied: Option<u64>,
+    close: bool,
+}
+
+/// Answers `req` from the cache if it can; `draining`: the server is shutting down, so the
+/// connection closes after this answer.
+pub async fn serve(
+    state: &GatewayState,
+    io: &mut HeaderDeadline,
+    out: &mut Vec<u8>,
+    req: &Request<'_>,
+    draining: bool,
+) -> Served {
+    let start = Instant::now();
+    let router = state.router();
+    let Some(m) = router.find(req.path) else {
+        return Served::NotFast;
+    };
+    let (Some(hub), Some(raw_topic)) = (&m.entry.hub, m.topic) else {
+        return Served::NotFast;
+    };
+    let poll = hub.poll();
+    if poll.mode != Mode::Latest || !matches!(poll.access, Access::Public) {
+        return Served::NotFast;
+    }
+    let Ok(name) = decode_topic(raw_topic) else {
+        return Served::NotFast;
+    };
+    let Ok((wait, prefer_applied)) = wait_preference(req.prefer(), poll) else {
+        return Served::NotFast;
+    };
+    let Ok(topic) = hub.topic(&name) else {
+        return Served::NotFast;
+    };
+    let (newest, sub) = topic.snapshot();
+    let Some(mut msg) = newest else {
+        return Served::NotFast;
+    };
+    let stale = match sub {
+        SubState::Down(since) if since.elapsed() > poll.max_stale => return Served::NotFast,
+        SubState::Down(_) => true,
+        _ => false,
+    };
+    let metrics = &hub.cache.metrics;
+    let mut close = req.close || draining;
+    let mut not_modified = false;
+    let mut stale_now = stale;
+    let mut held = None;
+    match req.if_none_match {
+        Some(inm) if etag_matches(inm, &msg.etag) => {
+            not_modified = true;
+            if !wait.is_zero() {
+                let Some(slot) = hub.cache.try_hold(&topic) else {
+                    // pingora's path refuses it, counted, with 503 + Retry-After.
+                    return Served::NotFast;
+                };
+                held = Some(slot);
+            } else {
+                metrics.not_modified.inc();
+            }
+        }
+        _ => metrics.hit.inc(),
+    }
+    if held.is_some() {
+        let inm = req.if_none_match.unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut shutdown = hub.cache.store.shutdown_signal();
+        // A GET has no body: any byte or EOF while held means the client is gone (or
+        // misbehaving), as pingora's `read_body_or_idle` judges it on the full path.
+        let mut probe = [0u8; 16];
+        let woke = loop {
+            // Subscribe before reading the cache, so a publish in between is not missed.
+            let mut rx = topic.watch();
+            if let Some(n) = topic.latest() {
+                msg = n;
+            }
+            if !etag_matches(inm, &msg.etag) {
+                break Woke::Changed;
+            }
+            if *shutdown.borrow() {
+                break Woke::Shutdown;
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { break Woke::Shutdown },
+                _ = sleep_until(deadline) => break Woke::Timeout,
+                _ = shutdown.changed() => break Woke::Shutdown,
+                _ = io.read(&mut probe) => break Woke::Gone,
+            }
+        };
+        drop(held);
+        match woke {
+            Woke::Changed => {
+                not_modified = false;
+                metrics.held_served.inc();
+                metrics.lag.observe(msg.received.elapsed().as_secs_f64());
+            }
+            Woke::Gone => {
+                finish(state, m.entry.route.name.as_ref(), hub, req, io, 499, start);
+                return Served::Close;
+            }
+            Woke::Timeout | Woke::Shutdown => {
+                metrics.held_timeout.inc();
+                stale_now = matches!(topic.state(), SubState::Down(_));
+                close |= matches!(woke, Woke::Shutdown);
+            }
+        }
+    }
+    metrics.saved.inc();
+    topic.saved.fetch_add(1, Ordering::Relaxed);
+    let answer = Answer {
+        msg: &msg,
+        not_modified,
+        stale: stale_now,
+        prefer_applied,
+        close,
+    };
+    let written = write_answer(io, out, &answer, req.method == "HEAD").await;
+    let status = if not_modified { 304 } else { 200 };
+    if written.is_err() {
+        tracing::debug!("fast path: could not write the answer; client gone");
+        return Served::Close;
+    }
+    finish(
+        state,
+        m.entry.route.name.as_ref(),
+        hub,
+        req,
+        io,
+        status,
+        start,
+    );
+    if close {
+        Served::Close
+    } else {
+        Served::KeepAlive
+    }
+}
+
+/// Counts the request and writes its access-log line, as `Gateway::logging` does.
+fn finish(
+    state: &GatewayState,
+    route: &str,
+    hub: &std::sync::Arc<crate::subscription::Hub>,
+    req: &Request<'_>,
+    io: &HeaderDeadline,
+    status: u16,
+    start: Instant,
+) {
+    let elapsed = start.elapsed();
+    count_request(route, Some(hub), Kind::Poll, status, elapsed);
+    if state.access_log.load(Ordering::Relaxed) {
+        let client = io
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().map(|a| a.to_string()));
+        access_log(&AccessLine {
+            client,
+            method: req.method,
+            path: req.target.split_once('?').map_or(req.target, |(p, _)| p),
+            route,
+            kind: Kind::Poll,
+            status,
+            elapsed,
+            upstream: "-",
+            error: "",
+        });
+    }
+}
+
+/// Writes one answer: the message's pre-built head, the per-answer headers, the body.
+async fn write_answer(
+    io: &mut HeaderDeadline,
+    out: &mut Vec<u8>,
+    a: &Answer<'_>,
+    head_only: bool,
+) -> std::io::Result<()> {
+    out.clear();
+    match a.msg.heads.as_deref() {
+        Some(h) if a.not_modified => out.extend_from_slice(&h.wire_not_modified),
+        Some(h) => out.extend_from_slice(&h.wire_ok),
+        // Heads are built for every latest-mode message; a message without them (which
+        // `latest_heads` never yields for a valid content type) still gets a correct head.
+        None if a.not_modified => {
+            let _ = write!(
+                out,
+                "HTTP/1.1 304 Not Modified\r\nETag: {}\r\nCache-Control: no-cache\r\n",
+                a.msg.etag
+            );
+        }
+        None => {
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nETag: {}\r\n",
+                a.msg.payload.len(),
+                a.msg.etag
+            );
+        }
+    }
+    let _ = write!(out, "Age: {}\r\n", a.msg.received.elapsed().as_secs());
+    if a.stale {
+        out.extend_from_slice(b"Pollgate-Stale: true\r\n");
+    }
+    if let Some(w) = a.prefer_applied {
+        let _ = write!(out, "Preference-Applied: wait={w}\r\n");
+    }
+    if a.close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"Date: ");
+    out.extend_from_slice(get_cached_date().as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    let body = if a.not_modified || head_only {
+        &[][..]
+    } else {
+        &a.msg.payload[..]
+    };
+    if body.len() <= COALESCE_BODY {
+        out.extend_from_slice(body);
+        io.write_all(out).await?;
+    } else {
+        io.write_all(out).await?;
+        io.write_all(body).await?;
+    }
+    io.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn limits() -> Limits {
+        let c = Config::from_yaml(
+            "listen: \"127.0.0.1:1\"\nupstreams:\n  b:\n    address: \"127.0.0.1:2\"\nroutes:\n  - name: d\n    prefix: \"/\"\n    upstream: b\n",
+            &|_| None,
+        )
+        .expect("config");
+        c.limits
+    }
+
+    fn kind(raw: &[u8]) -> &'static str {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match parse(raw, &mut h, &limits()) {
+            Parsed::Partial => "partial",
+            Parsed::Fast(_) => "fast",
+            Parsed::Other => "other",
+        }
+    }
+
+    #[test]
+    fn plain_polls_are_fast_and_everything_else_is_not() {
+        assert_eq!(kind(b"GET /a/b HTTP/1.1\r\nHost: x\r\n\r\n"), "fast");
+        assert_eq!(kind(b"HEAD /a?x=1 HTTP/1.1\r\nhost: x\r\nConnection: Keep-Alive\r\nIf-None-Match: \"e\"\r\n\r\n"), "fast");
+        assert_eq!(kind(b"GET /a HTTP/1.1\r\nHost: x\r\n"), "partial");
+        assert_eq!(kind(b""), "partial");
+        for other in [
+            &b"POST /a HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"GET /a HTTP/1.0\r\nHost: x\r\n\r\n",
+            b"GET /a HTTP/1.1\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nSec-WebSocket-Key: x\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"a\"\r\nIf-None-Match: \"b\"\r\n\r\n",
+            b"GET http://x/a HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /a{b} HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+            b"\x16\x03\x01garbage\r\n\r\n",
+        ] {
+            assert_eq!(kind(other), "other", "{}", String::from_utf8_lossy(other));
+        }
+        let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(kind(long.as_bytes()), "other");
+        let partial_long = format!("GET /a HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
+        assert_eq!(kind(partial_long.as_bytes()), "other");
+    }
+
+    #[test]
+    fn connection_close_is_honoured() {
+        let raw = b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match parse(raw, &mut h, &limits()) {
+            Parsed::Fast(r) => {
+                assert!(r.close);
+                assert_eq!(r.len, raw.len());
+            }
+            _ => panic!("expected a fast request"),
+        }
+    }
+}
