@@ -590,3 +590,181 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
         .unwrap();
     assert_eq!(code, Some(0));
 }
+
+/// A scripted HTTP/1.1 upstream on raw TCP: answers each request head with the bytes `script`
+/// gives for its target (`None`: close the connection; a target ending in `close`: close after
+/// the answer), and counts accepted connections.
+async fn scripted_upstream(
+    script: fn(&str) -> Option<Vec<u8>>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    match script(&target) {
+                        Some(answer) => {
+                            // Answers framed by nothing but the close end with one.
+                            let close = target.ends_with("close");
+                            if s.write_all(&answer).await.is_err() || close {
+                                return;
+                            }
+                        }
+                        None => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn bodiless_requests_are_relayed_by_every_response_framing_over_pooled_connections() {
+    use std::sync::atomic::Ordering;
+    fn script(target: &str) -> Option<Vec<u8>> {
+        let r: &[u8] = match target {
+            "/len" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nKeep-Alive: timeout=5\r\nX-Up: 1\r\n\r\nabc",
+            "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+            "/early" => b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            "/empty" => b"HTTP/1.1 204 No Content\r\n\r\n",
+            // What a HEAD of /len gets: the head alone.
+            "/len-head" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+            "/bye" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbye",
+            // Closes after answering without saying so: the pooled connection goes stale.
+            "/quiet-close" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nqcl",
+            "/until-close" => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nstreamed until close",
+            "/hangup" => return None,
+            _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        };
+        Some(r.to_vec())
+    }
+    let (addr, accepted) = scripted_upstream(script).await;
+    let cfg = format!(
+        r#"{HEAD}upstreams:
+  backend:
+    address: "{addr}"
+    read_timeout: 5s
+routes:
+  - name: default
+    prefix: "/"
+    upstream: backend
+"#
+    );
+    let gw = Gateway::start(&cfg).await;
+
+    // One client connection, requests one after another (answers read in between).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut ask = async |req: &str, until: &str| -> String {
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !String::from_utf8_lossy(&got).contains(until) {
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline.into(), c.read(&mut chunk))
+                .await
+                .expect("answer in time")
+                .unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let r = ask("GET /len HTTP/1.1\r\nHost: t\r\n\r\n", "abc").await;
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    assert!(
+        r.contains("X-Up: 1\r\n") && r.contains("Via: 1.1 pollgate\r\n"),
+        "{r}"
+    );
+    assert!(
+        !r.to_ascii_lowercase().contains("keep-alive: timeout"),
+        "{r}"
+    );
+    let r = ask(
+        "GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n",
+        "X-Trailer: t\r\n\r\n",
+    )
+    .await;
+    assert!(r.contains("Transfer-Encoding: chunked\r\n"), "{r}");
+    assert!(
+        r.ends_with("5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"),
+        "{r}"
+    );
+    let r = ask("GET /early HTTP/1.1\r\nHost: t\r\n\r\n", "\r\n\r\nok").await;
+    assert!(
+        r.starts_with("HTTP/1.1 103 Early Hints\r\n") && r.contains("HTTP/1.1 200 OK"),
+        "{r}"
+    );
+    let r = ask("HEAD /len-head HTTP/1.1\r\nHost: t\r\n\r\n", "\r\n\r\n").await;
+    assert!(
+        r.contains("Content-Length: 3\r\n") && r.ends_with("\r\n\r\n"),
+        "{r}"
+    );
+    let r = ask("GET /empty HTTP/1.1\r\nHost: t\r\n\r\n", "\r\n\r\n").await;
+    assert!(r.starts_with("HTTP/1.1 204"), "{r}");
+    // Every answer so far left the upstream connection reusable: one connection served all.
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    let r = ask("GET /bye HTTP/1.1\r\nHost: t\r\n\r\n", "bye").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let r = ask("GET /len HTTP/1.1\r\nHost: t\r\n\r\n", "abc").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "closed upstream connection not reused"
+    );
+    // The upstream drops a pooled connection silently: the next request is retried on a fresh
+    // connection and the client never notices.
+    ask("GET /quiet-close HTTP/1.1\r\nHost: t\r\n\r\n", "qcl").await;
+    let r = ask("GET /len HTTP/1.1\r\nHost: t\r\n\r\n", "abc").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    // An upstream that hangs up without answering: 502, and the client connection closes.
+    let r = ask("GET /hangup HTTP/1.1\r\nHost: t\r\n\r\n", "}").await;
+    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+    assert!(r.contains("\"bad_gateway\""), "{r}");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty());
+    // A close-delimited answer is relayed whole and closes the client's connection too.
+    let raw = raw_request(
+        gw.addr,
+        b"GET /until-close HTTP/1.1\r\nHost: t\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let (head, body) = split_response(&raw);
+    assert_eq!(body, "streamed until close");
+    assert_eq!(header_of(&head, "connection").as_deref(), Some("close"));
+    let m = gw.metrics().await;
+    assert!(
+        metric_value(
+            &m,
+            r#"pollgate_upstream_errors_total{kind="protocol",upstream="backend"}"#
+        ) >= 1.0,
+        "{m}"
+    );
+}

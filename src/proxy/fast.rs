@@ -6,6 +6,9 @@
 //! head is parsed in place with `httparse`, the answer is the message's pre-built wire head plus
 //! `Age` and `Date`, and a long poll waits in this small future instead of a pingora session.
 //!
+//! Bodiless GET and HEAD requests on plain proxy routes take the same parse and go on to
+//! `forward.rs`.
+//!
 //! The fast path only takes requests it answers exactly as `poll.rs` would: GET or HEAD over
 //! HTTP/1.1 with one Host, no body, no upgrade, on a public latest-mode route whose topic is
 //! warm (and not stale past `max_stale`). Everything else (other methods and routes, `since`
@@ -38,13 +41,13 @@ const COALESCE_BODY: usize = 16 * 1024;
 pub struct Request<'a> {
     /// Length of the head in the buffer.
     pub len: usize,
-    method: &'static str,
-    target: &'a str,
-    path: &'a str,
+    pub(super) method: &'static str,
+    pub(super) target: &'a str,
+    pub(super) path: &'a str,
     if_none_match: Option<&'a str>,
     /// The client sent `Connection: close`.
-    close: bool,
-    headers: &'a [httparse::Header<'a>],
+    pub(super) close: bool,
+    pub(super) headers: &'a [httparse::Header<'a>],
 }
 
 impl<'a> Request<'a> {
@@ -196,6 +199,9 @@ pub async fn serve(
         return Served::NotFast;
     };
     let (Some(hub), Some(raw_topic)) = (&m.entry.hub, m.topic) else {
+        if m.entry.hub.is_none() {
+            return super::forward::serve(state, io, out, req, m.entry, draining).await;
+        }
         return Served::NotFast;
     };
     let poll = hub.poll();

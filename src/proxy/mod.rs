@@ -7,6 +7,7 @@
 pub mod access;
 pub mod connection;
 pub mod fast;
+pub mod forward;
 pub mod handshake;
 pub mod header_deadline;
 pub mod headers;

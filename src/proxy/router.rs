@@ -18,6 +18,8 @@ pub struct RouteEntry {
     pub access: AccessCache,
     /// WebSocket tunnels open on this route, for its `max_websockets`.
     pub websockets: Arc<AtomicUsize>,
+    /// Idle upstream connections of the plain-proxy fast path.
+    pub pool: super::forward::Pool,
 }
 
 /// The routing table built from one config.
@@ -68,6 +70,7 @@ impl Router {
                         .get(&*r.name)
                         .map(|c| Arc::clone(c))
                         .unwrap_or_default(),
+                    pool: Default::default(),
                 }
             })
             .collect();
