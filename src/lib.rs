@@ -6,10 +6,14 @@
 //!   (`types.rs`); every problem carries its key path and line.
 //! - [`server`]: builds the pingora `Server` from a config: proxy service, admin service,
 //!   housekeeper.
-//! - [`proxy`]: the `ProxyHttp` implementation. [`proxy::router`] picks the route (first match
-//!   wins, by path only), [`proxy::handshake`] tells genuine WebSocket handshakes from malformed
-//!   ones, [`proxy::poll`] answers polls from the cache, [`proxy::headers`] keeps hop-by-hop
-//!   headers from crossing and sets `X-Forwarded-*`/`Via`.
+//! - [`proxy`]: every client connection. [`proxy::connection`] owns it from accept to close
+//!   and offers each request to the fast paths first: [`proxy::fast`] answers plain latest-mode
+//!   polls straight from the cache, [`proxy::forward`] relays bodiless GET/HEAD on proxy routes
+//!   over pooled upstream connections. Everything else goes to pingora's proxy with the
+//!   `ProxyHttp` implementation ([`proxy::Gateway`]): [`proxy::router`] picks the route (first
+//!   match wins, by path only), [`proxy::handshake`] tells genuine WebSocket handshakes from
+//!   malformed ones, [`proxy::poll`] answers every kind of poll from the cache,
+//!   [`proxy::headers`] keeps hop-by-hop headers from crossing and sets `X-Forwarded-*`/`Via`.
 //! - [`cache`]: per route, a map of topics; each topic a ring of messages with a change signal.
 //! - [`subscription`]: a [`subscription::Hub`] per poll route owns its cache and the upstream
 //!   WebSocket clients that feed it (one socket per topic or one shared socket), reconnecting
@@ -22,13 +26,15 @@
 //!
 //! # One request
 //! ```text
-//! client ──► pingora ──► Gateway::request_filter ──► Router::find(path)
+//! client ──► connection (slot, head deadline, keep-alive loop) ──► fast::parse (httparse)
+//!   │ plain GET/HEAD, warm latest-mode topic ──► fast::serve: pre-built head (hit/304/held)
+//!   │ plain GET/HEAD, proxy route ──► forward::serve ──► pooled upstream connection
+//!   │ anything else (bodies, upgrades, since mode, auth, cold topics, errors):
+//!   └─► pingora ──► Gateway::request_filter ──► Router::find(path)
 //!               │ no route: 404 JSON          │ malformed WebSocket handshake: 400
-//!               │                             │
 //!               │  poll route, GET/HEAD ──► poll::serve ──► Hub::topic (subscribe once)
 //!               │        warm: answer from Topic (hit / 304 / held until news / since-array)
 //!               │        cold or stale: fall through to the proxy (fallback)
-//!               │
 //!               └─► upstream_peer ──► backend (plain HTTP, fallback, or WebSocket tunnel)
 //! backend WebSocket ──► subscription ──► Hub::ingest ──► Topic::publish ──► wakes held polls
 //! ```

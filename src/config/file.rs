@@ -69,7 +69,8 @@ pub struct FileConfig {
     pub keepalive_timeout: Option<ConfDuration>,
     /// A request head must arrive in full within this (default 10s; slowloris defence).
     pub header_read_timeout: Option<ConfDuration>,
-    /// Read buffer per client connection, in bytes (default 4096): held polls cost little.
+    /// Extra read buffer per client connection, in bytes, 0-1048576 (default 0: none; the
+    /// request parsers read into their own buffers).
     pub client_read_buffer_bytes: Option<usize>,
     /// Named backends.
     pub upstreams: BTreeMap<String, FileUpstream>,

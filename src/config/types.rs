@@ -28,7 +28,7 @@ pub const DEFAULT_MAX_WEBSOCKETS: usize = 10_000;
 pub const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 32 * 1024;
 pub const DEFAULT_MAX_REQUEST_LINE_BYTES: usize = 8 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_CLIENT_READ_BUFFER_BYTES: usize = 4096;
+pub const DEFAULT_CLIENT_READ_BUFFER_BYTES: usize = 0;
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 5;
 pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
@@ -62,8 +62,9 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     /// A request head must arrive in full within this (slowloris defence).
     pub header_read_timeout: Duration,
-    /// Read buffer per client connection; pingora's default (64 KiB) would dominate the memory
-    /// of a held poll.
+    /// Read buffer per client connection below the request parsers (0: none). The connection
+    /// loop and pingora read into their own buffers, so a second one only costs memory per
+    /// connection; pingora's default (64 KiB) would dominate the memory of a held poll.
     pub client_read_buffer_bytes: usize,
 }
 

@@ -99,6 +99,12 @@ pub fn validate(
             64,
             1 << 20,
         ),
+        (
+            "client_read_buffer_bytes",
+            file.client_read_buffer_bytes,
+            0,
+            1 << 20,
+        ),
     ] {
         if let Some(v) = v {
             if !(lo..=hi).contains(&v) {

@@ -200,7 +200,12 @@ pub async fn serve(
     };
     let (Some(hub), Some(raw_topic)) = (&m.entry.hub, m.topic) else {
         if m.entry.hub.is_none() {
-            return super::forward::serve(state, io, out, req, m.entry, draining).await;
+            // Boxed: the forward's state (buffers, a response-header array) would otherwise
+            // sit in every connection's future, held polls included.
+            return Box::pin(super::forward::serve(
+                state, io, out, req, m.entry, draining,
+            ))
+            .await;
         }
         return Served::NotFast;
     };
