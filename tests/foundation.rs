@@ -591,6 +591,9 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
     assert_eq!(code, Some(0));
 }
 
+static STRAY_GO: tokio::sync::Notify = tokio::sync::Notify::const_new();
+static STRAY_SENT: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// A scripted HTTP/1.1 upstream on raw TCP: answers each request head with the bytes `script`
 /// gives for its target (`None`: close the connection; a target ending in `close`: close after
 /// the answer), and counts accepted connections.
@@ -609,6 +612,9 @@ async fn scripted_upstream(
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
+            // Without it Nagle would hold a second small write until the gateway's next
+            // packet, which would make the stray-answer check below a race.
+            s.set_nodelay(true).unwrap();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
@@ -629,6 +635,16 @@ async fn scripted_upstream(
                             let close = target.ends_with("close");
                             if s.write_all(&answer).await.is_err() || close {
                                 return;
+                            }
+                            if target == "/stray" {
+                                // Later, when the test says so (the gateway has pooled this
+                                // connection by then), a second answer nobody asked for, on a
+                                // connection that stays open.
+                                STRAY_GO.notified().await;
+                                let stray =
+                                    b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n";
+                                let _ = s.write_all(stray).await;
+                                STRAY_SENT.notify_one();
                             }
                         }
                         None => return,
@@ -653,6 +669,7 @@ async fn bodiless_requests_are_relayed_by_every_response_framing_over_pooled_con
             "/len-head" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
             "/bye" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbye",
             // Closes after answering without saying so: the pooled connection goes stale.
+            "/stray" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nstr",
             "/quiet-close" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nqcl",
             "/until-close" => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nstreamed until close",
             "/hangup" => return None,
@@ -685,7 +702,12 @@ routes:
             let mut chunk = [0u8; 4096];
             let n = tokio::time::timeout_at(deadline.into(), c.read(&mut chunk))
                 .await
-                .expect("answer in time")
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no answer in time to {req:?}: {}",
+                        String::from_utf8_lossy(&got)
+                    )
+                })
                 .unwrap();
             assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
             got.extend_from_slice(&chunk[..n]);
@@ -741,6 +763,13 @@ routes:
     let r = ask("GET /len HTTP/1.1\r\nHost: t\r\n\r\n", "abc").await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    // An upstream connection that received bytes nobody asked for while idle in the pool is
+    // not reused (the next request would take them for its answer).
+    ask("GET /stray HTTP/1.1\r\nHost: t\r\n\r\n", "str").await;
+    STRAY_GO.notify_one();
+    STRAY_SENT.notified().await;
+    let r = ask("GET /len HTTP/1.1\r\nHost: t\r\n\r\n", "abc").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     // An upstream that hangs up without answering: 502, and the client connection closes.
     let r = ask("GET /hangup HTTP/1.1\r\nHost: t\r\n\r\n", "}").await;
     assert!(r.starts_with("HTTP/1.1 502"), "{r}");

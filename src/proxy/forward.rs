@@ -63,14 +63,22 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// An idle connection younger than `max_idle` that the upstream has neither closed nor
+    /// written to since: a stray `408` read as this request's answer would be a wrong answer.
+    /// One non-blocking `MSG_PEEK` asks the kernel; tokio's readiness may not have seen bytes
+    /// that arrived while this thread was busy.
     fn take(&self, max_idle: Duration) -> Option<TcpStream> {
-        let mut idle = self.idle.lock();
-        while let Some((s, since)) = idle.pop() {
-            if since.elapsed() < max_idle {
-                return Some(s);
+        loop {
+            let (s, since) = self.idle.lock().pop()?;
+            if since.elapsed() >= max_idle {
+                continue;
+            }
+            let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            match socket2::SockRef::from(&s).peek(&mut probe) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(s),
+                _ => continue,
             }
         }
-        None
     }
 
     fn put(&self, s: TcpStream) {
