@@ -1582,9 +1582,10 @@ fn s3_inner(env: &Env, report: &mut Report, sec: &mut Section) -> Result<(), Str
          Nchan `worker_processes 2`, no pinning) while the clients stay on CPU 0. **1 core** (context): \
          the server pinned to CPU 1 with one thread or worker, as in the other scenarios. On one core \
          the fan-out is bound by the kernel: each answer is one `send` on a loopback TCP socket, and \
-         the kernel's share of the server's CPU per answer (system time, in results.json as \
-         `server_sys_s_during_fanout`) is about 9 µs here, for pollgate and nginx alike, so 10,000 \
-         answers cannot all leave one core within 100 ms whatever runs in user space. Nchan with two \
+         about three quarters of the server's CPU per answer is system time (results.json: \
+         `server_sys_s_during_fanout` and `server_user_s_during_fanout`), for pollgate and Nchan \
+         alike, so 10,000 answers due at once do not all leave one core within 100 ms whatever \
+         runs in user space. Nchan with two \
          workers: RSS and CPU are not summed over its workers (\"-\")."
             .to_string(),
     );
