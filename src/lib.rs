@@ -7,8 +7,8 @@
 //! - [`server`]: builds the pingora `Server` from a config: proxy service, admin service,
 //!   housekeeper.
 //! - [`proxy`]: every client connection. [`proxy::connection`] owns it from accept to close
-//!   and offers each request to the fast paths first: [`proxy::fast`] answers plain latest-mode
-//!   polls straight from the cache, [`proxy::forward`] relays bodiless GET/HEAD on proxy routes
+//!   and offers each request to the fast paths first: [`proxy::fast`] answers plain polls
+//!   straight from the cache, [`proxy::forward`] relays bodiless GET/HEAD on proxy routes
 //!   over pooled upstream connections. Everything else goes to pingora's proxy with the
 //!   `ProxyHttp` implementation ([`proxy::Gateway`]): [`proxy::router`] picks the route (first
 //!   match wins, by path only), [`proxy::handshake`] tells genuine WebSocket handshakes from
@@ -27,9 +27,9 @@
 //! # One request
 //! ```text
 //! client ──► connection (slot, head deadline, keep-alive loop) ──► fast::parse (httparse)
-//!   │ plain GET/HEAD, warm latest-mode topic ──► fast::serve: pre-built head (hit/304/held)
+//!   │ plain GET/HEAD, warm topic ──► fast::serve: pre-built head or array (hit/304/held)
 //!   │ plain GET/HEAD, proxy route ──► forward::serve ──► pooled upstream connection
-//!   │ anything else (bodies, upgrades, since mode, auth, cold topics, errors):
+//!   │ anything else (bodies, upgrades, auth_request, cold topics, errors):
 //!   └─► pingora ──► Gateway::request_filter ──► Router::find(path)
 //!               │ no route: 404 JSON          │ malformed WebSocket handshake: 400
 //!               │  poll route, GET/HEAD ──► poll::serve ──► Hub::topic (subscribe once)

@@ -821,3 +821,109 @@ async fn fast_path_answers_like_the_full_path_and_shares_connections_with_the_pr
         assert_eq!(body, r#"{"p":2}"#);
     }
 }
+
+/// Sends `GET {path}` with `extra` header lines over HTTP/1.1 (fast path) and HTTP/1.0
+/// (pingora's path) and returns both answers as (status, comparable headers, body, raw head).
+async fn both_paths(
+    gw: &Gateway,
+    path: &str,
+    extra: &str,
+) -> Vec<(u16, Vec<(String, String)>, String, String)> {
+    let mut answers = Vec::new();
+    for version in ["1.1", "1.0"] {
+        let req =
+            format!("GET {path} HTTP/{version}\r\nHost: t\r\nConnection: close\r\n{extra}\r\n");
+        let raw = raw_request(gw.addr, req.as_bytes(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (head, body) = split_response(&raw);
+        answers.push((status_of(&head), comparable(&head), body, head));
+    }
+    answers
+}
+
+#[tokio::test]
+async fn cursor_polls_answer_alike_on_the_fast_and_the_full_path() {
+    let up = Upstream::start().await;
+    up.publish("/ws/news/n", "0");
+    let gw = Gateway::start(&config(&up, SINCE)).await;
+    let first = get(&gw, "/api/news/n", &[]).await;
+    assert_eq!(first.body, "[0]", "{}", first.head);
+    for i in 1..=3 {
+        up.publish_live("/ws/news/n", &format!("{{\"n\":{i}}}"));
+    }
+    gw.wait_metric(r#"pollgate_upstream_messages_total{route="news"}"#, |v| {
+        v >= 4.0
+    })
+    .await;
+    let all = get(&gw, "/api/news/n", &[]).await;
+    let newest = all.header("pollgate-cursor").unwrap();
+    let middle = (newest.parse::<u64>().unwrap() - 2).to_string();
+    let cases = [
+        ("/api/news/n".to_string(), String::new()),
+        (format!("/api/news/n?since={middle}"), String::new()),
+        (
+            format!("/api/news/n?x=1&since={newest}"),
+            "Prefer: wait=0\r\n".to_string(),
+        ),
+        (
+            "/api/news/n".to_string(),
+            format!("If-None-Match: \"{middle}\"\r\n"),
+        ),
+        ("/api/news/n?since=nope".to_string(), String::new()),
+    ];
+    for (path, extra) in &cases {
+        let a = both_paths(&gw, path, extra).await;
+        let (fast, full) = (&a[0], &a[1]);
+        assert_eq!(
+            (fast.0, &fast.1, &fast.2),
+            (full.0, &full.1, &full.2),
+            "{path} {extra:?}:\nfast path:\n{}\nfull path:\n{}",
+            fast.3,
+            full.3
+        );
+        if fast.0 == 200 {
+            // The fast path answered it (pingora writes the names as `poll.rs` inserted them).
+            assert!(fast.3.contains("\r\nPollgate-Cursor: "), "{}", fast.3);
+            assert!(full.3.contains("\r\npollgate-cursor: "), "{}", full.3);
+        } else {
+            assert_eq!(fast.0, 400, "{}", fast.3);
+        }
+    }
+    assert_eq!(
+        both_paths(&gw, &format!("/api/news/n?since={middle}"), "").await[0].2,
+        r#"[{"n":2},{"n":3}]"#
+    );
+
+    // A held cursor poll on each path is answered by the same publish, with the same array.
+    let mut held = Vec::new();
+    for version in ["1.1", "1.0"] {
+        let req = format!(
+            "GET /api/news/n?since={newest} HTTP/{version}\r\nHost: t\r\nConnection: close\r\n\r\n"
+        );
+        let addr = gw.addr;
+        held.push(tokio::spawn(async move {
+            raw_request(addr, req.as_bytes(), Duration::from_secs(30))
+                .await
+                .unwrap()
+        }));
+    }
+    gw.wait_metric(r#"pollgate_long_polls_held{route="news"}"#, |v| v == 2.0)
+        .await;
+    up.publish_live("/ws/news/n", r#"{"n":4}"#);
+    let mut bodies = Vec::new();
+    for h in held {
+        let (head, body) = split_response(&h.await.unwrap());
+        assert_eq!(status_of(&head), 200, "{head}");
+        bodies.push(body);
+    }
+    assert_eq!(bodies, [r#"[{"n":4}]"#, r#"[{"n":4}]"#]);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"pollgate_poll_requests_total{outcome="held_served",route="news"}"#
+        ),
+        2.0
+    );
+}

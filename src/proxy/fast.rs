@@ -1,31 +1,36 @@
-//! The cache fast path: plain latest-mode polls answered below pingora's HTTP layer.
+//! The cache fast path: plain polls answered below pingora's HTTP layer.
 //!
 //! A cache hit copies a few hundred bytes out of memory, yet a request through pingora's proxy
 //! layer costs a session, a boxed per-request future, header maps and the proxy's phase
 //! machinery (about 40k instructions, and about 32 KiB held per waiting connection). Here the
-//! head is parsed in place with `httparse`, the answer is the message's pre-built wire head plus
-//! `Age` and `Date`, and a long poll waits in this small future instead of a pingora session.
+//! head is parsed in place with `httparse`, a latest-mode answer is the message's pre-built wire
+//! head plus `Age` and `Date` (a since-mode answer, the array of pre-serialised fragments), and
+//! a long poll waits in this small future instead of a pingora session.
 //!
 //! Bodiless GET and HEAD requests on plain proxy routes take the same parse and go on to
 //! `forward.rs`.
 //!
 //! The fast path only takes requests it answers exactly as `poll.rs` would: GET or HEAD over
-//! HTTP/1.1 with one Host, no body, no upgrade, on a public latest-mode route whose topic is
-//! warm (and not stale past `max_stale`). Everything else (other methods and routes, `since`
-//! mode, `auth_request`, cold topics, refusals at a limit, anything malformed or unusual) is
-//! handed to pingora untouched ([`Served::NotFast`]), where `request_filter` decides.
+//! HTTP/1.1 with one Host, no body, no upgrade, on a public poll route whose topic is warm (and
+//! not stale past `max_stale`). Everything else (other methods and routes, `auth_request`, cold
+//! topics, bad cursors or `Prefer`, refusals at a limit, anything malformed or unusual) is
+//! handed to pingora untouched ([`Served::NotFast`]), where `request_filter` decides. The
+//! since-mode pieces (cursor, counting, body, `Age`) are `poll.rs`'s own functions.
 
 use super::header_deadline::HeaderDeadline;
-use super::poll::{etag_matches, wait_preference};
+use super::poll::{count_since, cursor_of, etag_matches, since_age, since_body, wait_preference};
+use super::respond::error_body;
 use super::router::decode_topic;
 use super::{access_log, count_request, AccessLine, GatewayState, Kind};
-use crate::cache::{Message, SubState};
+use crate::cache::{CursorArg, Message, SubState, Topic};
 use crate::config::{Access, Limits, Mode};
+use crate::subscription::Hub;
 use pingora_core::protocols::http::date::get_cached_date;
 use pingora_core::protocols::GetSocketDigest;
 use std::io::Write as _;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::sleep_until;
 
@@ -175,12 +180,38 @@ enum Woke {
     Gone,
 }
 
-/// One answer's variable parts.
-struct Answer<'m> {
-    msg: &'m Message,
-    not_modified: bool,
-    stale: bool,
+/// Waits for the topic to change (`rx` was subscribed before the caller read the cache), the
+/// deadline, the server's shutdown, or the client: a GET has no body, so any byte or EOF while
+/// held means the client is gone (or misbehaving), as pingora's `read_body_or_idle` judges it
+/// on the full path.
+async fn wait_change(
+    io: &mut HeaderDeadline,
+    rx: &mut tokio::sync::watch::Receiver<u64>,
+    deadline: tokio::time::Instant,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Woke {
+    if *shutdown.borrow() {
+        return Woke::Shutdown;
+    }
+    let mut probe = [0u8; 16];
+    tokio::select! {
+        r = rx.changed() => if r.is_ok() { Woke::Changed } else { Woke::Shutdown },
+        _ = sleep_until(deadline) => Woke::Timeout,
+        _ = shutdown.changed() => Woke::Shutdown,
+        _ = io.read(&mut probe) => Woke::Gone,
+    }
+}
+
+/// What every answer of one request shares.
+struct Exchange<'a, 'r> {
+    state: &'a GatewayState,
+    route: &'a str,
+    hub: &'a Arc<Hub>,
+    req: &'a Request<'r>,
+    start: Instant,
+    wait: Duration,
     prefer_applied: Option<u64>,
+    /// The client asked for it, or the server is draining.
     close: bool,
 }
 
@@ -210,7 +241,7 @@ pub async fn serve(
         return Served::NotFast;
     };
     let poll = hub.poll();
-    if poll.mode != Mode::Latest || !matches!(poll.access, Access::Public) {
+    if !matches!(poll.access, Access::Public) {
         return Served::NotFast;
     }
     let Ok(name) = decode_topic(raw_topic) else {
@@ -219,11 +250,23 @@ pub async fn serve(
     let Ok((wait, prefer_applied)) = wait_preference(req.prefer(), poll) else {
         return Served::NotFast;
     };
+    // A bad cursor is refused (by pingora's path) before the topic is created.
+    let cursor = match poll.mode {
+        Mode::Latest => None,
+        Mode::Since => {
+            let query = req.target.split_once('?').map(|(_, q)| q);
+            match cursor_of(query, req.if_none_match, poll) {
+                Ok(c) => c,
+                Err(_) => return Served::NotFast,
+            }
+        }
+    };
     let Ok(topic) = hub.topic(&name) else {
         return Served::NotFast;
     };
     let (newest, sub) = topic.snapshot();
-    let Some(mut msg) = newest else {
+    // Cold: pingora's path waits `first_message_wait`, then falls back.
+    let Some(msg) = newest else {
         return Served::NotFast;
     };
     let stale = match sub {
@@ -231,94 +274,223 @@ pub async fn serve(
         SubState::Down(_) => true,
         _ => false,
     };
-    let metrics = &hub.cache.metrics;
-    let mut close = req.close || draining;
+    let x = Exchange {
+        state,
+        route: m.entry.route.name.as_ref(),
+        hub,
+        req,
+        start,
+        wait,
+        prefer_applied,
+        close: req.close || draining,
+    };
+    match poll.mode {
+        Mode::Latest => latest(&x, io, out, &topic, msg, stale).await,
+        Mode::Since => since(&x, io, out, &topic, cursor.as_ref(), stale).await,
+    }
+}
+
+/// Latest mode: the newest message, `304` when the client has it, held until a newer one when
+/// it may wait.
+async fn latest(
+    x: &Exchange<'_, '_>,
+    io: &mut HeaderDeadline,
+    out: &mut Vec<u8>,
+    topic: &Arc<Topic>,
+    mut msg: Arc<Message>,
+    mut stale: bool,
+) -> Served {
+    let metrics = &x.hub.cache.metrics;
+    let mut close = x.close;
     let mut not_modified = false;
-    let mut stale_now = stale;
-    let mut held = None;
-    match req.if_none_match {
+    match x.req.if_none_match {
         Some(inm) if etag_matches(inm, &msg.etag) => {
             not_modified = true;
-            if !wait.is_zero() {
-                let Some(slot) = hub.cache.try_hold(&topic) else {
+            if x.wait.is_zero() {
+                metrics.not_modified.inc();
+            } else {
+                let Some(slot) = x.hub.cache.try_hold(topic) else {
                     // pingora's path refuses it, counted, with 503 + Retry-After.
                     return Served::NotFast;
                 };
-                held = Some(slot);
-            } else {
-                metrics.not_modified.inc();
+                let deadline = tokio::time::Instant::now() + x.wait;
+                let mut shutdown = x.hub.cache.store.shutdown_signal();
+                let woke = loop {
+                    // Subscribe before reading the cache, so a publish in between is not missed.
+                    let mut rx = topic.watch();
+                    if let Some(n) = topic.latest() {
+                        msg = n;
+                    }
+                    if !etag_matches(inm, &msg.etag) {
+                        break Woke::Changed;
+                    }
+                    match wait_change(io, &mut rx, deadline, &mut shutdown).await {
+                        Woke::Changed => continue,
+                        w => break w,
+                    }
+                };
+                drop(slot);
+                match woke {
+                    Woke::Changed => {
+                        not_modified = false;
+                        metrics.held_served.inc();
+                        metrics.lag.observe(msg.received.elapsed().as_secs_f64());
+                    }
+                    Woke::Gone => return gone(x, io),
+                    Woke::Timeout | Woke::Shutdown => {
+                        metrics.held_timeout.inc();
+                        stale = matches!(topic.state(), SubState::Down(_));
+                        close |= matches!(woke, Woke::Shutdown);
+                    }
+                }
             }
         }
         _ => metrics.hit.inc(),
     }
-    if held.is_some() {
-        let inm = req.if_none_match.unwrap_or_default();
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut shutdown = hub.cache.store.shutdown_signal();
-        // A GET has no body: any byte or EOF while held means the client is gone (or
-        // misbehaving), as pingora's `read_body_or_idle` judges it on the full path.
-        let mut probe = [0u8; 16];
-        let woke = loop {
-            // Subscribe before reading the cache, so a publish in between is not missed.
-            let mut rx = topic.watch();
-            if let Some(n) = topic.latest() {
-                msg = n;
-            }
-            if !etag_matches(inm, &msg.etag) {
-                break Woke::Changed;
-            }
-            if *shutdown.borrow() {
-                break Woke::Shutdown;
-            }
-            tokio::select! {
-                r = rx.changed() => if r.is_err() { break Woke::Shutdown },
-                _ = sleep_until(deadline) => break Woke::Timeout,
-                _ = shutdown.changed() => break Woke::Shutdown,
-                _ = io.read(&mut probe) => break Woke::Gone,
-            }
+    metrics.saved.inc();
+    topic.saved.fetch_add(1, Ordering::Relaxed);
+    out.clear();
+    match msg.heads.as_deref() {
+        Some(h) if not_modified => out.extend_from_slice(&h.wire_not_modified),
+        Some(h) => out.extend_from_slice(&h.wire_ok),
+        // Heads are built for every latest-mode message; a message without them (which
+        // `latest_heads` never yields for a valid content type) still gets a correct head.
+        None if not_modified => {
+            let _ = write!(
+                out,
+                "HTTP/1.1 304 Not Modified\r\nETag: {}\r\nCache-Control: no-cache\r\n",
+                msg.etag
+            );
+        }
+        None => {
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nETag: {}\r\n",
+                msg.payload.len(),
+                msg.etag
+            );
+        }
+    }
+    let _ = write!(out, "Age: {}\r\n", msg.received.elapsed().as_secs());
+    let body = if not_modified {
+        &[][..]
+    } else {
+        &msg.payload[..]
+    };
+    let status = if not_modified { 304 } else { 200 };
+    answer(x, io, out, status, body, stale, close).await
+}
+
+/// Since mode: every cached message after the cursor as one JSON array, held until there is one
+/// when the client may wait.
+async fn since(
+    x: &Exchange<'_, '_>,
+    io: &mut HeaderDeadline,
+    out: &mut Vec<u8>,
+    topic: &Arc<Topic>,
+    cursor: Option<&CursorArg>,
+    stale: bool,
+) -> Served {
+    let mut close = x.close;
+    let mut rx = topic.watch();
+    let mut got = topic.since(cursor);
+    let mut held = false;
+    if got.messages.is_empty() && !x.wait.is_zero() {
+        let Some(_slot) = x.hub.cache.try_hold(topic) else {
+            return Served::NotFast;
         };
-        drop(held);
-        match woke {
-            Woke::Changed => {
-                not_modified = false;
-                metrics.held_served.inc();
-                metrics.lag.observe(msg.received.elapsed().as_secs_f64());
-            }
-            Woke::Gone => {
-                finish(state, m.entry.route.name.as_ref(), hub, req, io, 499, start);
-                return Served::Close;
-            }
-            Woke::Timeout | Woke::Shutdown => {
-                metrics.held_timeout.inc();
-                stale_now = matches!(topic.state(), SubState::Down(_));
-                close |= matches!(woke, Woke::Shutdown);
+        held = true;
+        let deadline = tokio::time::Instant::now() + x.wait;
+        let mut shutdown = x.hub.cache.store.shutdown_signal();
+        loop {
+            match wait_change(io, &mut rx, deadline, &mut shutdown).await {
+                Woke::Changed => {
+                    rx = topic.watch();
+                    got = topic.since(cursor);
+                    if !got.messages.is_empty() {
+                        break;
+                    }
+                }
+                Woke::Gone => return gone(x, io),
+                Woke::Timeout => break,
+                Woke::Shutdown => {
+                    close = true;
+                    break;
+                }
             }
         }
     }
-    metrics.saved.inc();
-    topic.saved.fetch_add(1, Ordering::Relaxed);
-    let answer = Answer {
-        msg: &msg,
-        not_modified,
-        stale: stale_now,
-        prefer_applied,
-        close,
+    count_since(x.hub, topic, &got, held);
+    let ct = &x.hub.poll().content_type;
+    if !header_safe(&got.cursor) || !header_safe(ct) {
+        // pingora's path cannot write such a header either: it answers 500.
+        write_failure(io, x.req.method == "HEAD").await;
+        finish(x, io, 500);
+        return Served::Close;
+    }
+    let body = since_body(&got);
+    out.clear();
+    let _ = write!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\n\
+         ETag: \"{c}\"\r\nPollgate-Cursor: {c}\r\n",
+        body.len(),
+        c = got.cursor
+    );
+    if got.gap {
+        out.extend_from_slice(b"Pollgate-Gap: true\r\n");
+    }
+    if let Some(age) = since_age(&got, topic) {
+        let _ = write!(out, "Age: {age}\r\n");
+    }
+    let stale = stale || matches!(topic.state(), SubState::Down(_));
+    answer(x, io, out, 200, &body, stale, close).await
+}
+
+/// A header value that can be written as is: visible ASCII, spaces and tabs.
+fn header_safe(v: &str) -> bool {
+    v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
+/// The client left while held: counted as 499 (nginx's code for it), nothing written.
+fn gone(x: &Exchange<'_, '_>, io: &HeaderDeadline) -> Served {
+    finish(x, io, 499);
+    Served::Close
+}
+
+/// Finishes the head in `out` (the per-answer headers, `Date`, the blank line), writes it with
+/// the body, counts and logs the request.
+async fn answer(
+    x: &Exchange<'_, '_>,
+    io: &mut HeaderDeadline,
+    out: &mut Vec<u8>,
+    status: u16,
+    body: &[u8],
+    stale: bool,
+    close: bool,
+) -> Served {
+    if stale {
+        out.extend_from_slice(b"Pollgate-Stale: true\r\n");
+    }
+    if let Some(w) = x.prefer_applied {
+        let _ = write!(out, "Preference-Applied: wait={w}\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"Date: ");
+    out.extend_from_slice(get_cached_date().as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    let body = if x.req.method == "HEAD" {
+        &[][..]
+    } else {
+        body
     };
-    let written = write_answer(io, out, &answer, req.method == "HEAD").await;
-    let status = if not_modified { 304 } else { 200 };
-    if written.is_err() {
+    if send(io, out, body).await.is_err() {
         tracing::debug!("fast path: could not write the answer; client gone");
         return Served::Close;
     }
-    finish(
-        state,
-        m.entry.route.name.as_ref(),
-        hub,
-        req,
-        io,
-        status,
-        start,
-    );
+    finish(x, io, status);
     if close {
         Served::Close
     } else {
@@ -326,83 +498,8 @@ pub async fn serve(
     }
 }
 
-/// Counts the request and writes its access-log line, as `Gateway::logging` does.
-fn finish(
-    state: &GatewayState,
-    route: &str,
-    hub: &std::sync::Arc<crate::subscription::Hub>,
-    req: &Request<'_>,
-    io: &HeaderDeadline,
-    status: u16,
-    start: Instant,
-) {
-    let elapsed = start.elapsed();
-    count_request(route, Some(hub), Kind::Poll, status, elapsed);
-    if state.access_log.load(Ordering::Relaxed) {
-        let client = io
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().map(|a| a.to_string()));
-        access_log(&AccessLine {
-            client,
-            method: req.method,
-            path: req.target.split_once('?').map_or(req.target, |(p, _)| p),
-            route,
-            kind: Kind::Poll,
-            status,
-            elapsed,
-            upstream: "-",
-            error: "",
-        });
-    }
-}
-
-/// Writes one answer: the message's pre-built head, the per-answer headers, the body.
-async fn write_answer(
-    io: &mut HeaderDeadline,
-    out: &mut Vec<u8>,
-    a: &Answer<'_>,
-    head_only: bool,
-) -> std::io::Result<()> {
-    out.clear();
-    match a.msg.heads.as_deref() {
-        Some(h) if a.not_modified => out.extend_from_slice(&h.wire_not_modified),
-        Some(h) => out.extend_from_slice(&h.wire_ok),
-        // Heads are built for every latest-mode message; a message without them (which
-        // `latest_heads` never yields for a valid content type) still gets a correct head.
-        None if a.not_modified => {
-            let _ = write!(
-                out,
-                "HTTP/1.1 304 Not Modified\r\nETag: {}\r\nCache-Control: no-cache\r\n",
-                a.msg.etag
-            );
-        }
-        None => {
-            let _ = write!(
-                out,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nETag: {}\r\n",
-                a.msg.payload.len(),
-                a.msg.etag
-            );
-        }
-    }
-    let _ = write!(out, "Age: {}\r\n", a.msg.received.elapsed().as_secs());
-    if a.stale {
-        out.extend_from_slice(b"Pollgate-Stale: true\r\n");
-    }
-    if let Some(w) = a.prefer_applied {
-        let _ = write!(out, "Preference-Applied: wait={w}\r\n");
-    }
-    if a.close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"Date: ");
-    out.extend_from_slice(get_cached_date().as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
-    let body = if a.not_modified || head_only {
-        &[][..]
-    } else {
-        &a.msg.payload[..]
-    };
+/// One write for a head and a small body; two for a large body (no copy).
+async fn send(io: &mut HeaderDeadline, out: &mut Vec<u8>, body: &[u8]) -> std::io::Result<()> {
     if body.len() <= COALESCE_BODY {
         out.extend_from_slice(body);
         io.write_all(out).await?;
@@ -411,6 +508,44 @@ async fn write_answer(
         io.write_all(body).await?;
     }
     io.flush().await
+}
+
+/// `500` with a JSON body, connection closed: what pingora's path answers when a response head
+/// cannot be built.
+async fn write_failure(io: &mut HeaderDeadline, head_only: bool) {
+    let body = error_body(500, "the request failed");
+    let mut out = format!(
+        "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\nDate: ",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(get_cached_date().as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    let body = if head_only { &[][..] } else { &body[..] };
+    let _ = send(io, &mut out, body).await;
+}
+
+/// Counts the request and writes its access-log line, as `Gateway::logging` does.
+fn finish(x: &Exchange<'_, '_>, io: &HeaderDeadline, status: u16) {
+    let elapsed = x.start.elapsed();
+    count_request(x.route, Some(x.hub), Kind::Poll, status, elapsed);
+    if x.state.access_log.load(Ordering::Relaxed) {
+        let client = io
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().map(|a| a.to_string()));
+        access_log(&AccessLine {
+            client,
+            method: x.req.method,
+            path: x.req.path,
+            route: x.route,
+            kind: Kind::Poll,
+            status,
+            elapsed,
+            upstream: "-",
+            error: "",
+        });
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use super::access::{AccessCache, Decision};
 use super::respond::{has_body, json_error, refuse, unavailable};
 use super::router::decode_topic;
-use crate::cache::{CacheError, CursorArg, Message, SubState, Topic};
+use crate::cache::{CacheError, CursorArg, Message, Since, SubState, Topic};
 use crate::config::{Access, Mode, PollRoute};
 use crate::metrics::METRICS;
 use crate::subscription::Hub;
@@ -59,36 +59,10 @@ fn parse(session: &Session, poll: &PollRoute) -> Result<PollRequest, BadPoll> {
         .get(http::header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(|s| s.trim().to_string());
-    let mut cursor_text = None;
-    if poll.mode == Mode::Since {
-        if let Some(q) = req.uri.query() {
-            for pair in q.split('&') {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                if k == poll.cursor_param {
-                    cursor_text = Some(v.to_string());
-                }
-            }
-        }
-        if cursor_text.is_none() {
-            // A cursor-less poll may carry the cursor as the ETag it was last given.
-            cursor_text = if_none_match
-                .as_deref()
-                .map(|s| s.trim_start_matches("W/").trim_matches('"').to_string());
-        }
-    }
-    let cursor = match cursor_text {
-        None => None,
-        Some(t) if t.is_empty() => None,
-        Some(t) => {
-            let decoded = decode_topic(&t).map_err(|_| BadPoll::Cursor(t.clone()))?;
-            if poll.id_pointer.is_some() {
-                Some(CursorArg::Id(decoded.into_owned()))
-            } else {
-                Some(CursorArg::Seq(
-                    decoded.parse().map_err(|_| BadPoll::Cursor(t.clone()))?,
-                ))
-            }
-        }
+    let cursor = if poll.mode == Mode::Since {
+        cursor_of(req.uri.query(), if_none_match.as_deref(), poll)?
+    } else {
+        None
     };
     let prefer = req
         .headers
@@ -102,6 +76,80 @@ fn parse(session: &Session, poll: &PollRoute) -> Result<PollRequest, BadPoll> {
         wait,
         prefer_applied,
     })
+}
+
+/// A since-mode poll's cursor: the `cursor_param` query parameter, else the ETag the client was
+/// last given (`If-None-Match`); none (or empty) asks for everything cached.
+pub(super) fn cursor_of(
+    query: Option<&str>,
+    if_none_match: Option<&str>,
+    poll: &PollRoute,
+) -> Result<Option<CursorArg>, BadPoll> {
+    let mut text = None;
+    if let Some(q) = query {
+        for pair in q.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if k == poll.cursor_param {
+                text = Some(v);
+            }
+        }
+    }
+    let text = text.or_else(|| if_none_match.map(|s| s.trim_start_matches("W/").trim_matches('"')));
+    let Some(t) = text.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let decoded = decode_topic(t).map_err(|_| BadPoll::Cursor(t.to_string()))?;
+    Ok(Some(if poll.id_pointer.is_some() {
+        CursorArg::Id(decoded.into_owned())
+    } else {
+        CursorArg::Seq(
+            decoded
+                .parse()
+                .map_err(|_| BadPoll::Cursor(t.to_string()))?,
+        )
+    }))
+}
+
+/// Counts a since-mode answer: its outcome, the backend request it saved, its delivery lag.
+pub(super) fn count_since(hub: &Hub, topic: &Topic, got: &Since, held: bool) {
+    let m = &hub.cache.metrics;
+    let outcome = match (held, got.messages.is_empty()) {
+        (true, true) => &m.held_timeout,
+        (true, false) => &m.held_served,
+        (false, true) => &m.not_modified,
+        (false, false) => &m.hit,
+    };
+    outcome.inc();
+    m.saved.inc();
+    topic.saved.fetch_add(1, Ordering::Relaxed);
+    if held {
+        if let Some(first) = got.messages.first() {
+            m.lag.observe(first.received.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// A since-mode body: the JSON array of the messages' fragments, serialised once each.
+pub(super) fn since_body(got: &Since) -> Bytes {
+    let mut body =
+        BytesMut::with_capacity(2 + got.messages.iter().map(|m| m.json.len() + 1).sum::<usize>());
+    body.extend_from_slice(b"[");
+    for (i, msg) in got.messages.iter().enumerate() {
+        if i > 0 {
+            body.extend_from_slice(b",");
+        }
+        body.extend_from_slice(&msg.json);
+    }
+    body.extend_from_slice(b"]");
+    body.freeze()
+}
+
+/// A since-mode answer's `Age`: of the newest message returned, else of the newest cached.
+pub(super) fn since_age(got: &Since, topic: &Topic) -> Option<u64> {
+    got.messages
+        .last()
+        .or(topic.latest().as_ref())
+        .map(|m| m.received.elapsed().as_secs())
 }
 
 /// How long a poll may be held: `Prefer: wait=N` from any of the `Prefer` header values, capped
@@ -462,7 +510,6 @@ async fn since(
     req: &PollRequest,
     stale: bool,
 ) -> pingora_error::Result<PollOutcome> {
-    let m = &hub.cache.metrics;
     let mut rx = topic.watch();
     let mut got = topic.since(req.cursor.as_ref());
     let mut held = false;
@@ -493,42 +540,16 @@ async fn since(
             }
         }
     }
-    let outcome = match (held, got.messages.is_empty()) {
-        (true, true) => &m.held_timeout,
-        (true, false) => &m.held_served,
-        (false, true) => &m.not_modified,
-        (false, false) => &m.hit,
-    };
-    outcome.inc();
-    m.saved.inc();
-    topic.saved.fetch_add(1, Ordering::Relaxed);
-    if held {
-        if let Some(first) = got.messages.first() {
-            m.lag.observe(first.received.elapsed().as_secs_f64());
-        }
-    }
-    let mut body =
-        BytesMut::with_capacity(2 + got.messages.iter().map(|m| m.json.len() + 1).sum::<usize>());
-    body.extend_from_slice(b"[");
-    for (i, msg) in got.messages.iter().enumerate() {
-        if i > 0 {
-            body.extend_from_slice(b",");
-        }
-        body.extend_from_slice(&msg.json);
-    }
-    body.extend_from_slice(b"]");
-    let body = body.freeze();
+    count_since(hub, topic, &got, held);
+    let body = since_body(&got);
     let mut h = base_header(200, Some(&hub.poll().content_type), body.len())?;
     h.insert_header(http::header::ETAG, format!("\"{}\"", got.cursor))?;
     h.insert_header("pollgate-cursor", got.cursor.as_str())?;
     if got.gap {
         h.insert_header("pollgate-gap", "true")?;
     }
-    if let Some(newest) = got.messages.last().or(topic.latest().as_ref()) {
-        h.insert_header(
-            http::header::AGE,
-            newest.received.elapsed().as_secs().to_string(),
-        )?;
+    if let Some(age) = since_age(&got, topic) {
+        h.insert_header(http::header::AGE, age.to_string())?;
     }
     let stale = stale || matches!(topic.state(), SubState::Down(_));
     decorate(&mut h, req, stale, close)?;
