@@ -48,12 +48,12 @@ impl ConnectionApp {
         let mut io = HeaderDeadline::new(stream, deadline);
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         // Counted from the accept, idle keep-alive connections and tunnels included.
+        let mut drain = shutdown.clone();
         let Some(_slot) = limits::try_take(&self.state.connections, limits.max_connections) else {
-            refuse(&mut io, &mut buf).await;
+            refuse(&mut io, &mut buf, &mut drain).await;
             return;
         };
         let mut out = Vec::new();
-        let mut drain = shutdown.clone();
         // The first head is bounded by the head deadline, armed at accept; later ones wait
         // at most `keepalive_timeout` for their first byte.
         let mut idle = None;
@@ -201,10 +201,10 @@ async fn read_more(
 
 /// Over `max_connections`: reads the request head (so the answer is not lost to a reset over
 /// unread bytes), answers 503 with `Retry-After`, and closes.
-async fn refuse(io: &mut HeaderDeadline, buf: &mut BytesMut) {
+async fn refuse(io: &mut HeaderDeadline, buf: &mut BytesMut, drain: &mut ShutdownWatch) {
     let start = Instant::now();
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < fast::MAX_HEAD {
-        if !read_more(io, buf, None, &mut tokio::sync::watch::channel(false).1).await {
+        if !read_more(io, buf, None, drain).await {
             return;
         }
     }

@@ -153,18 +153,19 @@ pub async fn serve(
     let result = exchange(io, out, &request, req, entry, &mut close).await;
     let (status, error) = match result {
         Ok(status) => (status, None),
-        Err((f, written)) => {
+        Err((f, sent)) => {
             if let Some(kind) = f.kind() {
                 METRICS
                     .upstream_errors
                     .with_label_values(&[&up.name, kind])
                     .inc();
             }
-            let status = f.status();
-            if status > 0 && !written {
+            // Once a head has gone out, the status is that head's; the connection just closes.
+            let status = sent.unwrap_or_else(|| f.status());
+            if sent.is_none() && status > 0 {
                 write_error(io, status, req.method == "HEAD").await;
             }
-            (if written { 0 } else { status }, Some(f))
+            (status, Some(f))
         }
     };
     let route = entry.route.name.as_ref();
@@ -290,7 +291,7 @@ async fn write_downstream(io: &mut HeaderDeadline, bytes: &[u8]) -> Result<(), F
 }
 
 /// Sends the request and relays the answer. Ok: the status sent downstream. Err: the failure,
-/// and whether a response head had already gone to the client.
+/// and the status of the response head already sent to the client, if one was.
 async fn exchange(
     io: &mut HeaderDeadline,
     out: &mut Vec<u8>,
@@ -298,7 +299,7 @@ async fn exchange(
     req: &Request<'_>,
     entry: &RouteEntry,
     close: &mut bool,
-) -> Result<u16, (Failure, bool)> {
+) -> Result<u16, (Failure, Option<u16>)> {
     let up = &entry.route.upstream;
     let mut buf = BytesMut::with_capacity(READ_CHUNK / 4);
     // A pooled connection the upstream closed while it was idle fails before any answer byte:
@@ -308,7 +309,7 @@ async fn exchange(
         let reused = pooled.is_some();
         let mut s = match pooled.take() {
             Some(s) => s,
-            None => connect(up).await.map_err(|f| (f, false))?,
+            None => connect(up).await.map_err(|f| (f, None))?,
         };
         let first = match fast_timeout(up.write_timeout, s.write_all(request)).await {
             Err(_) => Err(Failure::WriteTimeout),
@@ -318,8 +319,8 @@ async fn exchange(
         match first {
             Ok(n) if n > 0 => break s,
             Ok(_) | Err(Failure::Protocol) if reused => continue,
-            Ok(_) => return Err((Failure::Protocol, false)),
-            Err(f) => return Err((f, false)),
+            Ok(_) => return Err((Failure::Protocol, None)),
+            Err(f) => return Err((f, None)),
         }
     };
     let head_only = req.method == "HEAD";
@@ -333,34 +334,36 @@ async fn exchange(
                     let status = resp.code.unwrap_or(0);
                     let (framing, upstream_close) =
                         framing_of(status, head_only, resp.version, resp.headers)
-                            .ok_or((Failure::Protocol, false))?;
+                            .ok_or((Failure::Protocol, None))?;
                     out.clear();
                     downstream_head(out, status, resp.reason, resp.headers, framing, *close);
                     break (n, status, framing, upstream_close);
                 }
                 Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => {}
-                _ => return Err((Failure::Protocol, false)),
+                _ => return Err((Failure::Protocol, None)),
             }
             if read_some(&mut upstream, &mut buf, up)
                 .await
-                .map_err(|f| (f, false))?
+                .map_err(|f| (f, None))?
                 == 0
             {
-                return Err((Failure::Protocol, false));
+                return Err((Failure::Protocol, None));
             }
         };
         if status == 101 || !(100..=999).contains(&status) {
-            return Err((Failure::Protocol, false));
+            return Err((Failure::Protocol, None));
         }
         // Delimited by the upstream's close: so is our answer (`downstream_head` said so).
         *close |= framing == Framing::Close;
         buf.advance(head_len);
         if status < 200 {
             // An interim answer (103 Early Hints, ...): relayed, the final one follows.
-            write_downstream(io, out).await.map_err(|f| (f, false))?;
+            write_downstream(io, out).await.map_err(|f| (f, None))?;
             continue;
         }
-        let reusable = relay_body(io, out, &mut upstream, &mut buf, framing, up).await?;
+        let reusable = relay_body(io, out, &mut upstream, &mut buf, framing, up)
+            .await
+            .map_err(|(f, written)| (f, written.then_some(status)))?;
         if reusable && !upstream_close && buf.is_empty() {
             entry.pool.put(upstream);
         }
