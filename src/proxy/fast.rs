@@ -18,7 +18,9 @@
 //! since-mode pieces (cursor, counting, body, `Age`) are `poll.rs`'s own functions.
 
 use super::header_deadline::HeaderDeadline;
-use super::poll::{count_since, cursor_of, etag_matches, since_age, since_body, wait_preference};
+use super::poll::{
+    count_since, cursor_of, etag_matches, since_age, since_body, wait_change, wait_preference, Woke,
+};
 use super::respond::error_body;
 use super::router::decode_topic;
 use super::{access_log, count_request, AccessLine, GatewayState, Kind};
@@ -32,7 +34,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::sleep_until;
 
 /// Longest request head the fast path reads before leaving the request to pingora: a poll is a
 /// request line and a handful of headers.
@@ -172,34 +173,11 @@ pub fn parse<'a>(
     })
 }
 
-/// What a held poll woke up to.
-enum Woke {
-    Changed,
-    Timeout,
-    Shutdown,
-    Gone,
-}
-
-/// Waits for the topic to change (`rx` was subscribed before the caller read the cache), the
-/// deadline, the server's shutdown, or the client: a GET has no body, so any byte or EOF while
-/// held means the client is gone (or misbehaving), as pingora's `read_body_or_idle` judges it
-/// on the full path.
-async fn wait_change(
-    io: &mut HeaderDeadline,
-    rx: &mut tokio::sync::watch::Receiver<u64>,
-    deadline: tokio::time::Instant,
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
-) -> Woke {
-    if *shutdown.borrow() {
-        return Woke::Shutdown;
-    }
+/// Reads the client of a held poll: pingora's `read_body_or_idle` on the full path, a plain read
+/// here (any byte or EOF means the client is gone or misbehaving).
+async fn client_read(io: &mut HeaderDeadline) {
     let mut probe = [0u8; 16];
-    tokio::select! {
-        r = rx.changed() => if r.is_ok() { Woke::Changed } else { Woke::Shutdown },
-        _ = sleep_until(deadline) => Woke::Timeout,
-        _ = shutdown.changed() => Woke::Shutdown,
-        _ = io.read(&mut probe) => Woke::Gone,
-    }
+    let _ = io.read(&mut probe).await;
 }
 
 /// What every answer of one request shares.
@@ -324,7 +302,7 @@ async fn latest(
                     if !etag_matches(inm, &msg.etag) {
                         break Woke::Changed;
                     }
-                    match wait_change(io, &mut rx, deadline, &mut shutdown).await {
+                    match wait_change(&mut rx, deadline, &mut shutdown, client_read(io)).await {
                         Woke::Changed => continue,
                         w => break w,
                     }
@@ -403,7 +381,7 @@ async fn since(
         let deadline = tokio::time::Instant::now() + x.wait;
         let mut shutdown = x.hub.cache.store.shutdown_signal();
         loop {
-            match wait_change(io, &mut rx, deadline, &mut shutdown).await {
+            match wait_change(&mut rx, deadline, &mut shutdown, client_read(io)).await {
                 Woke::Changed => {
                     rx = topic.watch();
                     got = topic.since(cursor);

@@ -310,19 +310,22 @@ pub(super) fn etag_matches(if_none_match: &str, etag: &str) -> bool {
 }
 
 /// What a held poll woke up to.
-enum Woke {
+pub(super) enum Woke {
     Changed,
     Timeout,
     Shutdown,
     Gone,
 }
 
-/// Waits for the topic to change (`rx` was subscribed before the caller read the cache).
-async fn wait_change(
-    session: &mut Session,
+/// Waits for the topic to change (`rx` was subscribed before the caller read the cache), the
+/// deadline, the server's shutdown, or `client_read` to finish: a held GET has no body, so any
+/// read result means the client closed or misbehaved. Both paths hold polls with it; each
+/// brings its own read of the client.
+pub(super) async fn wait_change(
     rx: &mut tokio::sync::watch::Receiver<u64>,
     deadline: tokio::time::Instant,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    client_read: impl std::future::Future,
 ) -> Woke {
     if *shutdown.borrow() {
         return Woke::Shutdown;
@@ -331,8 +334,7 @@ async fn wait_change(
         r = rx.changed() => if r.is_ok() { Woke::Changed } else { Woke::Shutdown },
         _ = sleep_until(deadline) => Woke::Timeout,
         _ = shutdown.changed() => Woke::Shutdown,
-        // A GET has no body, so any read result here means the client closed or misbehaved.
-        _ = session.read_body_or_idle(true) => Woke::Gone,
+        _ = client_read => Woke::Gone,
     }
 }
 
@@ -375,7 +377,8 @@ async fn latest(
             m.saved.inc();
             return write_message(session, &msg, req, stale, &hub.poll().content_type).await;
         }
-        match wait_change(session, &mut rx, deadline, &mut shutdown).await {
+        let client = session.read_body_or_idle(true);
+        match wait_change(&mut rx, deadline, &mut shutdown, client).await {
             Woke::Changed => continue,
             Woke::Gone => return Ok(PollOutcome::Gone),
             w @ (Woke::Timeout | Woke::Shutdown) => {
@@ -523,7 +526,8 @@ async fn since(
         let deadline = tokio::time::Instant::now() + req.wait;
         let mut shutdown = hub.cache.store.shutdown_signal();
         loop {
-            match wait_change(session, &mut rx, deadline, &mut shutdown).await {
+            let client = session.read_body_or_idle(true);
+            match wait_change(&mut rx, deadline, &mut shutdown, client).await {
                 Woke::Changed => {
                     rx = topic.watch();
                     got = topic.since(req.cursor.as_ref());
