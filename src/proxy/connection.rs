@@ -8,14 +8,13 @@
 
 use super::fast::{self, Parsed, Served};
 use super::header_deadline::HeaderDeadline;
-use super::respond::error_body;
+use super::respond::raw_json_error;
 use super::{count_request, Gateway, GatewayState, Kind};
 use crate::limits;
 use crate::metrics::METRICS;
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
 use pingora_core::apps::{HttpServerApp, ServerApp};
-use pingora_core::protocols::http::date::get_cached_date;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
@@ -23,7 +22,7 @@ use pingora_proxy::HttpProxy;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// Read-buffer growth step; a poll's head fits many times over.
 const READ_CHUNK: usize = 1024;
@@ -213,20 +212,8 @@ async fn refuse(io: &mut HeaderDeadline, buf: &mut BytesMut, drain: &mut Shutdow
         .with_label_values(&["none", "max_connections"])
         .inc();
     count_request("none", None, Kind::Local, 503, start.elapsed());
-    let body = error_body(503, "too many client connections");
-    let mut out = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nCache-Control: no-store\r\nRetry-After: 1\r\n\
-         Connection: close\r\nDate: ",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(get_cached_date().as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(&body);
-    if io.write_all(&out).await.is_ok() {
-        let _ = io.flush().await;
-    }
+    let extra = [("Retry-After", "1")];
+    raw_json_error(io, 503, "too many client connections", &extra, false).await;
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use super::header_deadline::HeaderDeadline;
 use super::poll::{
     count_since, cursor_of, etag_matches, since_age, since_body, wait_change, wait_preference, Woke,
 };
-use super::respond::error_body;
+use super::respond::{proxy_error_message, raw_json_error};
 use super::router::decode_topic;
 use super::{access_log, count_request, AccessLine, GatewayState, Kind};
 use crate::cache::{CursorArg, Message, SubState, Topic};
@@ -402,7 +402,8 @@ async fn since(
     let ct = &x.hub.poll().content_type;
     if !header_safe(&got.cursor) || !header_safe(ct) {
         // pingora's path cannot write such a header either: it answers 500.
-        write_failure(io, x.req.method == "HEAD").await;
+        let message = proxy_error_message(500);
+        raw_json_error(io, 500, message, &[], x.req.method == "HEAD").await;
         finish(x, io, 500);
         return Served::Close;
     }
@@ -486,22 +487,6 @@ async fn send(io: &mut HeaderDeadline, out: &mut Vec<u8>, body: &[u8]) -> std::i
         io.write_all(body).await?;
     }
     io.flush().await
-}
-
-/// `500` with a JSON body, connection closed: what pingora's path answers when a response head
-/// cannot be built.
-async fn write_failure(io: &mut HeaderDeadline, head_only: bool) {
-    let body = error_body(500, "the request failed");
-    let mut out = format!(
-        "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\nDate: ",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(get_cached_date().as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
-    let body = if head_only { &[][..] } else { &body[..] };
-    let _ = send(io, &mut out, body).await;
 }
 
 /// Counts the request and writes its access-log line, as `Gateway::logging` does.

@@ -15,7 +15,7 @@
 use super::fast::{Request, Served};
 use super::header_deadline::HeaderDeadline;
 use super::headers::VIA;
-use super::respond::error_body;
+use super::respond::{proxy_error_message, raw_json_error};
 use super::router::RouteEntry;
 use super::{access_log, count_request, AccessLine, GatewayState, Kind};
 use crate::config::Upstream;
@@ -163,7 +163,8 @@ pub async fn serve(
             // Once a head has gone out, the status is that head's; the connection just closes.
             let status = sent.unwrap_or_else(|| f.status());
             if sent.is_none() && status > 0 {
-                write_error(io, status, req.method == "HEAD").await;
+                let message = proxy_error_message(status);
+                raw_json_error(io, status, message, &[], req.method == "HEAD").await;
             }
             (status, Some(f))
         }
@@ -552,33 +553,6 @@ fn downstream_head(
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-}
-
-async fn write_error(io: &mut HeaderDeadline, status: u16, head_only: bool) {
-    let message = match status {
-        504 => "the upstream did not answer in time",
-        _ => "the upstream could not be reached or answered badly",
-    };
-    let body = error_body(status, message);
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
-    let mut out = Vec::with_capacity(256 + body.len());
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\nDate: ",
-        body.len()
-    );
-    out.extend_from_slice(get_cached_date().as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
-    if !head_only {
-        out.extend_from_slice(&body);
-    }
-    if io.write_all(&out).await.is_ok() {
-        let _ = io.flush().await;
-    }
 }
 
 /// Finds the end of a chunked body (RFC 9112 section 7.1) in bytes fed to it in order.

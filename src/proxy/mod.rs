@@ -392,12 +392,10 @@ impl ProxyHttp for Gateway {
         } else {
             (status, false)
         };
-        let message = match status {
-            503 if retry => "no fresh data cached and the backend is unavailable",
-            502 => "the upstream could not be reached or answered badly",
-            504 => "the upstream did not answer in time",
-            400 => "the request could not be read",
-            _ => "the request failed",
+        let message = if retry {
+            "no fresh data cached and the backend is unavailable"
+        } else {
+            respond::proxy_error_message(status)
         };
         if status > 0 && session.response_written().is_none() {
             ctx.status = status;

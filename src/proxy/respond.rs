@@ -2,8 +2,10 @@
 
 use crate::metrics::METRICS;
 use bytes::Bytes;
+use pingora_core::protocols::http::date::get_cached_date;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// A short JSON error body: `{"error":"not_found","message":"..."}`.
 pub fn error_body(status: u16, message: &str) -> Bytes {
@@ -23,6 +25,50 @@ pub fn error_body(status: u16, message: &str) -> Bytes {
     };
     let v = serde_json::json!({ "error": code, "message": message });
     Bytes::from(serde_json::to_vec(&v).expect("json serialises"))
+}
+
+/// The message of an error answer for a request that could not be proxied (or built).
+pub fn proxy_error_message(status: u16) -> &'static str {
+    match status {
+        502 => "the upstream could not be reached or answered badly",
+        504 => "the upstream did not answer in time",
+        400 => "the request could not be read",
+        _ => "the request failed",
+    }
+}
+
+/// A JSON error response written straight to a connection (the paths below pingora's session),
+/// with the same head as [`json_error`] and `Connection: close`; `extra` headers go before it.
+pub async fn raw_json_error(
+    io: &mut (impl AsyncWrite + Unpin),
+    status: u16,
+    message: &str,
+    extra: &[(&str, &str)],
+    head_only: bool,
+) {
+    let body = error_body(status, message);
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\n",
+        body.len()
+    )
+    .into_bytes();
+    for (k, v) in extra {
+        out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"Connection: close\r\nDate: ");
+    out.extend_from_slice(get_cached_date().as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    if !head_only {
+        out.extend_from_slice(&body);
+    }
+    if io.write_all(&out).await.is_ok() {
+        let _ = io.flush().await;
+    }
 }
 
 /// Writes a JSON error response. `close` drops the connection afterwards, for requests whose
