@@ -18,6 +18,7 @@
 //! since-mode pieces (cursor, counting, body, `Age`) are `poll.rs`'s own functions.
 
 use super::header_deadline::HeaderDeadline;
+use super::headers::header_text;
 use super::poll::{
     count_since, cursor_of, etag_matches, since_age, since_body, wait_change, wait_preference, Woke,
 };
@@ -92,11 +93,7 @@ fn plain_target_byte(b: u8) -> bool {
 }
 
 fn visible_ascii(v: &[u8]) -> Option<&str> {
-    if v.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)) {
-        std::str::from_utf8(v).ok().map(str::trim)
-    } else {
-        None
-    }
+    header_text(v).map(str::trim)
 }
 
 /// Parses the head at the start of `buf`, if it is complete and plain enough for the fast path.
@@ -428,7 +425,7 @@ async fn since(
 
 /// A header value that can be written as is: visible ASCII, spaces and tabs.
 fn header_safe(v: &str) -> bool {
-    v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    header_text(v.as_bytes()).is_some()
 }
 
 /// The client left while held: counted as 499 (nginx's code for it), nothing written.

@@ -14,7 +14,7 @@
 
 use super::fast::{Request, Served};
 use super::header_deadline::HeaderDeadline;
-use super::headers::VIA;
+use super::headers::{HOP_BY_HOP, VIA};
 use super::respond::{proxy_error_message, raw_json_error};
 use super::router::RouteEntry;
 use super::{access_log, count_request, AccessLine, GatewayState, Kind};
@@ -39,21 +39,14 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const MAX_RESPONSE_HEADERS: usize = 128;
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded in either direction.
+/// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded in either direction: the list
+/// the pingora path strips, plus the ones it handles apart (no upgrades come this way, and the
+/// framing is this hop's own).
 fn hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
+    HOP_BY_HOP
+        .iter()
+        .chain(&["connection", "upgrade", "transfer-encoding"])
+        .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Idle keep-alive connections to one route's upstream.
@@ -228,10 +221,7 @@ fn upstream_request(
                 continue;
             }
         }
-        w.extend_from_slice(name.as_bytes());
-        w.extend_from_slice(b": ");
-        w.extend_from_slice(h.value);
-        w.extend_from_slice(b"\r\n");
+        push_header(&mut w, name.as_bytes(), h.value);
     }
     if let Some(ip) = client_ip {
         w.extend_from_slice(b"X-Forwarded-For: ");
@@ -241,27 +231,37 @@ fn upstream_request(
         }
         let _ = write!(w, "{ip}\r\n");
     } else if let Some(prev) = forwarded_for {
-        w.extend_from_slice(b"X-Forwarded-For: ");
-        w.extend_from_slice(prev);
-        w.extend_from_slice(b"\r\n");
+        push_header(&mut w, b"X-Forwarded-For", prev);
     }
     if let Some(h) = host {
-        w.extend_from_slice(b"X-Forwarded-Host: ");
-        w.extend_from_slice(h);
-        w.extend_from_slice(b"\r\n");
+        push_header(&mut w, b"X-Forwarded-Host", h);
     }
-    w.extend_from_slice(b"X-Forwarded-Proto: http\r\nVia: ");
-    if let Some(prev) = via {
-        w.extend_from_slice(prev);
-        w.extend_from_slice(b", ");
-    }
-    w.extend_from_slice(VIA.as_bytes());
-    w.extend_from_slice(b"\r\n");
+    push_header(&mut w, b"X-Forwarded-Proto", b"http");
+    push_via(&mut w, via);
     if let Some(h) = &up.host {
         let _ = write!(w, "Host: {h}\r\n");
     }
     w.extend_from_slice(b"\r\n");
     w
+}
+
+/// One `Name: value` header line.
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `Via` with this hop appended to what the message already carried (both directions).
+fn push_via(out: &mut Vec<u8>, prev: Option<&[u8]>) {
+    out.extend_from_slice(b"Via: ");
+    if let Some(prev) = prev {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(VIA.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 async fn connect(up: &Upstream) -> Result<TcpStream, Failure> {
@@ -532,22 +532,11 @@ fn downstream_head(
             continue;
         }
         date |= name.eq_ignore_ascii_case("date");
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
+        push_header(out, name.as_bytes(), h.value);
     }
-    out.extend_from_slice(b"Via: ");
-    if let Some(prev) = via {
-        out.extend_from_slice(prev);
-        out.extend_from_slice(b", ");
-    }
-    out.extend_from_slice(VIA.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    push_via(out, via);
     if !date {
-        out.extend_from_slice(b"Date: ");
-        out.extend_from_slice(get_cached_date().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_header(out, b"Date", get_cached_date().as_bytes());
     }
     if close || framing == Framing::Close {
         out.extend_from_slice(b"Connection: close\r\n");

@@ -5,7 +5,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 
 /// Hop-by-hop headers removed in both directions. `Transfer-Encoding` is framing that pingora
 /// re-derives itself, and `Upgrade`/`Connection` are kept on WebSocket handshakes.
-const HOP_BY_HOP: [&str; 6] = [
+pub const HOP_BY_HOP: [&str; 6] = [
     "keep-alive",
     "proxy-connection",
     "te",
@@ -15,6 +15,16 @@ const HOP_BY_HOP: [&str; 6] = [
 ];
 
 pub const VIA: &str = "1.1 pollgate";
+
+/// A header value as text, by `HeaderValue::to_str`'s rule (visible ASCII, spaces and tabs):
+/// what can be read as a string, and written back into a head as is.
+pub fn header_text(v: &[u8]) -> Option<&str> {
+    if v.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+        std::str::from_utf8(v).ok()
+    } else {
+        None
+    }
+}
 
 /// Names listed in `Connection`, which are hop-by-hop for this message too.
 fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {

@@ -2,6 +2,7 @@
 //! cursor (`since`) polls. See `docs/polling.md` for the semantics this implements.
 
 use super::access::{AccessCache, Decision};
+use super::headers::header_text;
 use super::respond::{has_body, json_error, refuse, unavailable};
 use super::router::decode_topic;
 use crate::cache::{CacheError, CursorArg, Message, Since, SubState, Topic};
@@ -161,11 +162,7 @@ pub(super) fn wait_preference<'a>(
 ) -> Result<(Duration, Option<u64>), BadPoll> {
     let mut prefer_wait = None;
     for v in values {
-        // The same rule as `HeaderValue::to_str`: visible ASCII, spaces and tabs.
-        let v = std::str::from_utf8(v)
-            .ok()
-            .filter(|s| s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
-            .ok_or_else(|| BadPoll::Prefer("not ASCII".into()))?;
+        let v = header_text(v).ok_or_else(|| BadPoll::Prefer("not ASCII".into()))?;
         for pref in v.split([',', ';']) {
             let pref = pref.trim();
             if let Some(n) = pref
