@@ -747,25 +747,8 @@ async fn fast_path_answers_like_the_full_path_and_shares_connections_with_the_pr
         ("HEAD", "If-None-Match: \"other\"\r\n".to_string()),
     ];
     for (method, extra) in &cases {
-        let mut answers = Vec::new();
-        for version in ["1.1", "1.0"] {
-            let req = format!(
-                "{method} /api/prices/btc HTTP/{version}\r\nHost: t\r\nConnection: close\r\n{extra}\r\n"
-            );
-            let raw = raw_request(gw.addr, req.as_bytes(), Duration::from_secs(5))
-                .await
-                .unwrap();
-            let (head, body) = split_response(&raw);
-            answers.push((status_of(&head), comparable(&head), body, head));
-        }
-        let (fast, full) = (&answers[0], &answers[1]);
-        assert_eq!(
-            (fast.0, &fast.1, &fast.2),
-            (full.0, &full.1, &full.2),
-            "{method} {extra:?}:\nfast path:\n{}\nfull path:\n{}",
-            fast.3,
-            full.3
-        );
+        let answers = both_paths(&gw, method, "/api/prices/btc", extra).await;
+        let (fast, full) = assert_alike(&answers, &format!("{method} {extra:?}"));
         // Which path answered shows in the casing: the fast path writes `ETag`, pingora writes
         // the name as `poll.rs` inserted it.
         assert!(fast.3.contains("\r\nETag: ") && full.3.contains("\r\netag: "));
@@ -800,18 +783,8 @@ async fn fast_path_answers_like_the_full_path_and_shares_connections_with_the_pr
     assert_eq!(seen, ["POST /echo", "GET /plain?x=1"]);
 
     // A held poll on each path is answered by the same publish.
-    let mut held = Vec::new();
-    for version in ["1.1", "1.0"] {
-        let req = format!(
-            "GET /api/prices/btc HTTP/{version}\r\nHost: t\r\nConnection: close\r\nIf-None-Match: {etag}\r\n\r\n"
-        );
-        let addr = gw.addr;
-        held.push(tokio::spawn(async move {
-            raw_request(addr, req.as_bytes(), Duration::from_secs(30))
-                .await
-                .unwrap()
-        }));
-    }
+    let inm = format!("If-None-Match: {etag}\r\n");
+    let held = hold_on_both_paths(&gw, "/api/prices/btc", &inm);
     gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 2.0)
         .await;
     up.publish("/ws/prices/btc", r#"{"p":2}"#);
@@ -822,17 +795,21 @@ async fn fast_path_answers_like_the_full_path_and_shares_connections_with_the_pr
     }
 }
 
-/// Sends `GET {path}` with `extra` header lines over HTTP/1.1 (fast path) and HTTP/1.0
-/// (pingora's path) and returns both answers as (status, comparable headers, body, raw head).
-async fn both_paths(
-    gw: &Gateway,
-    path: &str,
-    extra: &str,
-) -> Vec<(u16, Vec<(String, String)>, String, String)> {
+/// HTTP/1.1 requests take the fast path, HTTP/1.0 ones pingora's path and `poll.rs`.
+const PATHS: [&str; 2] = ["1.1", "1.0"];
+
+fn request_on(version: &str, method: &str, path: &str, extra: &str) -> String {
+    format!("{method} {path} HTTP/{version}\r\nHost: t\r\nConnection: close\r\n{extra}\r\n")
+}
+
+/// One answer: status, comparable headers, body, raw head.
+type Answer = (u16, Vec<(String, String)>, String, String);
+
+/// Sends the request with `extra` header lines on both paths; the fast path's answer first.
+async fn both_paths(gw: &Gateway, method: &str, path: &str, extra: &str) -> Vec<Answer> {
     let mut answers = Vec::new();
-    for version in ["1.1", "1.0"] {
-        let req =
-            format!("GET {path} HTTP/{version}\r\nHost: t\r\nConnection: close\r\n{extra}\r\n");
+    for version in PATHS {
+        let req = request_on(version, method, path, extra);
         let raw = raw_request(gw.addr, req.as_bytes(), Duration::from_secs(5))
             .await
             .unwrap();
@@ -840,6 +817,40 @@ async fn both_paths(
         answers.push((status_of(&head), comparable(&head), body, head));
     }
     answers
+}
+
+/// Asserts both paths gave the same status, headers and body; returns (fast, full).
+fn assert_alike<'a>(answers: &'a [Answer], what: &str) -> (&'a Answer, &'a Answer) {
+    let (fast, full) = (&answers[0], &answers[1]);
+    assert_eq!(
+        (fast.0, &fast.1, &fast.2),
+        (full.0, &full.1, &full.2),
+        "{what}:\nfast path:\n{}\nfull path:\n{}",
+        fast.3,
+        full.3
+    );
+    (fast, full)
+}
+
+/// Opens one GET on each path that the gateway is expected to hold; each task returns the raw
+/// answer.
+fn hold_on_both_paths(
+    gw: &Gateway,
+    path: &str,
+    extra: &str,
+) -> Vec<tokio::task::JoinHandle<Vec<u8>>> {
+    PATHS
+        .iter()
+        .map(|version| {
+            let req = request_on(version, "GET", path, extra);
+            let addr = gw.addr;
+            tokio::spawn(async move {
+                raw_request(addr, req.as_bytes(), Duration::from_secs(30))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -873,15 +884,8 @@ async fn cursor_polls_answer_alike_on_the_fast_and_the_full_path() {
         ("/api/news/n?since=nope".to_string(), String::new()),
     ];
     for (path, extra) in &cases {
-        let a = both_paths(&gw, path, extra).await;
-        let (fast, full) = (&a[0], &a[1]);
-        assert_eq!(
-            (fast.0, &fast.1, &fast.2),
-            (full.0, &full.1, &full.2),
-            "{path} {extra:?}:\nfast path:\n{}\nfull path:\n{}",
-            fast.3,
-            full.3
-        );
+        let answers = both_paths(&gw, "GET", path, extra).await;
+        let (fast, full) = assert_alike(&answers, &format!("{path} {extra:?}"));
         if fast.0 == 200 {
             // The fast path answered it (pingora writes the names as `poll.rs` inserted them).
             assert!(fast.3.contains("\r\nPollgate-Cursor: "), "{}", fast.3);
@@ -891,23 +895,12 @@ async fn cursor_polls_answer_alike_on_the_fast_and_the_full_path() {
         }
     }
     assert_eq!(
-        both_paths(&gw, &format!("/api/news/n?since={middle}"), "").await[0].2,
+        both_paths(&gw, "GET", &format!("/api/news/n?since={middle}"), "").await[0].2,
         r#"[{"n":2},{"n":3}]"#
     );
 
     // A held cursor poll on each path is answered by the same publish, with the same array.
-    let mut held = Vec::new();
-    for version in ["1.1", "1.0"] {
-        let req = format!(
-            "GET /api/news/n?since={newest} HTTP/{version}\r\nHost: t\r\nConnection: close\r\n\r\n"
-        );
-        let addr = gw.addr;
-        held.push(tokio::spawn(async move {
-            raw_request(addr, req.as_bytes(), Duration::from_secs(30))
-                .await
-                .unwrap()
-        }));
-    }
+    let held = hold_on_both_paths(&gw, &format!("/api/news/n?since={newest}"), "");
     gw.wait_metric(r#"pollgate_long_polls_held{route="news"}"#, |v| v == 2.0)
         .await;
     up.publish_live("/ws/news/n", r#"{"n":4}"#);
