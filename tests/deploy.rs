@@ -10,11 +10,13 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pollgate");
+mod common;
+
+use common::{check_config, scratch_dir, BIN};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -70,26 +72,9 @@ fn config_ports(conf: &Value) -> (Vec<u16>, u16) {
     )
 }
 
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-fn scratch_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "pollgate-deploy-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// Runs `pollgate -c FILE -t` and panics with its output unless the file is valid.
 fn assert_config_valid(path: &Path, what: &str) {
-    let out = Command::new(BIN)
-        .arg("-c")
-        .arg(path)
-        .arg("-t")
-        .output()
-        .unwrap();
+    let out = check_config(path);
     assert!(
         out.status.success(),
         "{what} fails `pollgate -t`:\n{}{}",
@@ -333,12 +318,7 @@ fn an_invalid_config_fails_the_same_check() {
     let broken = text.replace(&addr, "backend.invalid:9000");
     let path = scratch_dir().join("broken.yaml");
     std::fs::write(&path, broken).unwrap();
-    let out = Command::new(BIN)
-        .arg("-c")
-        .arg(&path)
-        .arg("-t")
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("upstreams.backend.address"));
 }

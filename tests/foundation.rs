@@ -53,12 +53,7 @@ fn test_flag_validates_every_shipped_config() {
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            let out = Command::new(BIN)
-                .arg("-c")
-                .arg(&path)
-                .arg("-t")
-                .output()
-                .unwrap();
+            let out = check_config(&path);
             assert!(
                 out.status.success(),
                 "{}: {}",
@@ -94,12 +89,7 @@ routes:
 "#,
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("-c")
-        .arg(&path)
-        .arg("-t")
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -116,12 +106,7 @@ routes:
         "listen: \"127.0.0.1:8080\"\nlisten_typo: 1\nupstreams: {}\nroutes: []\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("-c")
-        .arg(&path)
-        .arg("-t")
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -129,12 +114,7 @@ routes:
         "{err}"
     );
 
-    let out = Command::new(BIN)
-        .arg("-c")
-        .arg(dir.join("missing.yaml"))
-        .arg("-t")
-        .output()
-        .unwrap();
+    let out = check_config(dir.join("missing.yaml"));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }

@@ -218,6 +218,16 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
     0.0
 }
 
+/// Runs `pollgate -c FILE -t` (validate the file and exit).
+pub fn check_config(path: impl AsRef<std::path::Path>) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(path.as_ref())
+        .arg("-t")
+        .output()
+        .unwrap()
+}
+
 /// One HTTP/1.1 GET over a fresh connection: (status, body).
 pub async fn raw_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
