@@ -4,7 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod raw_upstream;
 pub mod upstream;
+pub mod wire;
 
 #[allow(unused_imports)]
 pub use upstream::{Recorded, Reply, Upstream};

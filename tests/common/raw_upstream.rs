@@ -1,0 +1,145 @@
+//! A raw TCP upstream that answers each request head with bytes the test chooses, for probing
+//! how the gateway treats a buggy or hostile backend. It records every request head, counts
+//! accepted connections, and notices when the gateway closes a connection.
+
+use parking_lot::Mutex;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// What to do with one request (given its head text, request line first).
+pub enum Script {
+    /// Write these bytes, keep the connection open for the next request.
+    Answer(Vec<u8>),
+    /// Write these bytes, then close.
+    AnswerAndClose(Vec<u8>),
+    /// Write these bytes, then wait this long, then write the rest and keep going.
+    Split(Vec<u8>, Duration, Vec<u8>),
+    /// Never answer; keep reading (to see the gateway close).
+    Silent,
+    /// Close at once.
+    Close,
+}
+
+type Handler = dyn Fn(&str) -> Script + Send + Sync;
+
+#[derive(Default)]
+struct Shared {
+    heads: Mutex<Vec<String>>,
+    accepts: AtomicUsize,
+    /// Connections the gateway closed (read EOF or error on our side).
+    closed: AtomicUsize,
+    /// For `Silent` requests: when the gateway closed that connection.
+    silent_closed: Mutex<Vec<Instant>>,
+}
+
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawUpstream {
+    pub async fn start(handler: impl Fn(&str) -> Script + Send + Sync + 'static) -> RawUpstream {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let shared = Arc::new(Shared::default());
+        let handler: Arc<Handler> = Arc::new(handler);
+        let sh = shared.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                sh.accepts.fetch_add(1, Ordering::SeqCst);
+                let _ = s.set_nodelay(true);
+                let sh = sh.clone();
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut silent = false;
+                    loop {
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n");
+                        let Some(end) = end.filter(|_| !silent) else {
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => {
+                                    sh.closed.fetch_add(1, Ordering::SeqCst);
+                                    if silent {
+                                        sh.silent_closed.lock().push(Instant::now());
+                                    }
+                                    return;
+                                }
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        sh.heads.lock().push(head.clone());
+                        match handler(&head) {
+                            Script::Answer(b) => {
+                                if s.write_all(&b).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Script::AnswerAndClose(b) => {
+                                let _ = s.write_all(&b).await;
+                                return;
+                            }
+                            Script::Split(a, pause, b) => {
+                                if s.write_all(&a).await.is_err() {
+                                    return;
+                                }
+                                tokio::time::sleep(pause).await;
+                                if s.write_all(&b).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Script::Silent => silent = true,
+                            Script::Close => return,
+                        }
+                    }
+                });
+            }
+        });
+        RawUpstream { addr, shared, task }
+    }
+
+    /// Every request head received, in order.
+    pub fn heads(&self) -> Vec<String> {
+        self.shared.heads.lock().clone()
+    }
+
+    pub fn accepts(&self) -> usize {
+        self.shared.accepts.load(Ordering::SeqCst)
+    }
+
+    pub fn closed(&self) -> usize {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// When the gateway closed each connection whose request was answered with `Silent`.
+    pub fn silent_closed(&self) -> Vec<Instant> {
+        self.shared.silent_closed.lock().clone()
+    }
+
+    /// Waits (bounded) until `cond` holds; panics with `what` and the heads seen otherwise.
+    pub async fn wait_for(&self, what: &str, limit: Duration, cond: impl Fn(&RawUpstream) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !cond(self) {
+            assert!(
+                Instant::now() < deadline,
+                "raw upstream: {what} did not happen within {limit:?}; heads seen: {:#?}",
+                self.heads()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
