@@ -53,3 +53,4 @@ pub mod proxy;
 pub mod sample_backend;
 pub mod server;
 pub mod subscription;
+pub mod topic;

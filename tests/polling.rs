@@ -705,22 +705,74 @@ fn responses(mut raw: &[u8], bodiless: &[bool]) -> Vec<(String, String)> {
     out
 }
 
-/// The headers two answers must agree on, names lowercased (Date, Age and the connection
-/// header differ by design).
-fn comparable(head: &str) -> Vec<(String, String)> {
-    let mut h: Vec<_> = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .filter(|(k, _)| !matches!(k.as_str(), "date" | "age" | "connection"))
-        .collect();
-    h.sort();
-    h
+/// A head as two paths must give it: every line in order, name casing included, except the
+/// values of `Date` and `Age` (clock readings).
+fn comparable(head: &str) -> Vec<String> {
+    head.lines()
+        .map(|l| match l.split_once(':') {
+            Some((k, _)) if k.eq_ignore_ascii_case("date") || k.eq_ignore_ascii_case("age") => {
+                format!("{k}: *")
+            }
+            _ => l.to_string(),
+        })
+        .collect()
+}
+
+/// One answer: status, comparable head, body, raw head.
+type Answer = (u16, Vec<String>, String, String);
+
+fn request_on(method: &str, path: &str, extra: &str) -> String {
+    format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{extra}\r\n")
+}
+
+async fn ask(gw: &Gateway, method: &str, path: &str, extra: &str) -> Answer {
+    let req = request_on(method, path, extra);
+    let a = common::wire::exchange(gw.addr, req.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    (a.status, comparable(&a.head), a.text(), a.head)
+}
+
+/// Sends every case on pollgate's own path, then (switched by a reload that keeps the cache)
+/// on pingora's path, and asserts identical answers; returns them (fast, full) and leaves the
+/// gateway on its own path.
+async fn on_both_paths(gw: &Gateway, cases: &[(&str, String, String)]) -> Vec<(Answer, Answer)> {
+    let mut fast = Vec::new();
+    for (method, path, extra) in cases {
+        fast.push(ask(gw, method, path, extra).await);
+    }
+    gw.set_fast_paths(false).await;
+    let mut full = Vec::new();
+    for (method, path, extra) in cases {
+        full.push(ask(gw, method, path, extra).await);
+    }
+    gw.set_fast_paths(true).await;
+    let pairs: Vec<_> = fast.into_iter().zip(full).collect();
+    for ((method, path, extra), (f, p)) in cases.iter().zip(&pairs) {
+        assert_eq!(
+            (f.0, &f.1, &f.2),
+            (p.0, &p.1, &p.2),
+            "{method} {path} {extra:?}:\nfast path:\n{}\nfull path:\n{}",
+            f.3,
+            p.3
+        );
+    }
+    pairs
+}
+
+/// Opens one GET that the gateway is expected to hold; the task returns the raw answer.
+fn hold(gw: &Gateway, path: &str, extra: &str) -> tokio::task::JoinHandle<Vec<u8>> {
+    let req = request_on("GET", path, extra);
+    let addr = gw.addr;
+    tokio::spawn(async move {
+        raw_request(addr, req.as_bytes(), Duration::from_secs(30))
+            .await
+            .unwrap()
+    })
 }
 
 #[tokio::test]
-async fn fast_path_answers_like_the_full_path_and_shares_connections_with_the_proxy() {
+async fn both_paths_answer_polls_alike_and_the_fast_path_shares_connections_with_the_proxy() {
     let up = Upstream::start().await;
     up.on_http(|r| {
         Reply::ok(&format!(
@@ -736,28 +788,36 @@ async fn fast_path_answers_like_the_full_path_and_shares_connections_with_the_pr
     assert_eq!(warm.status, 200, "{}", warm.head);
     let etag = warm.header("etag").unwrap();
 
-    // HTTP/1.1 polls take the fast path; HTTP/1.0 ones go through pingora and `poll.rs`.
-    // Both must give the same status, headers and body.
-    let cases: [(&str, String); 3] = [
-        ("GET", String::new()),
+    // The same polls on pollgate's connection loop and on pingora's proxy: the same status,
+    // the same header lines in the same order and casing, the same body.
+    let path = "/api/prices/btc".to_string();
+    let cases = [
+        ("GET", path.clone(), String::new()),
         (
             "GET",
+            path.clone(),
             format!("If-None-Match: {etag}\r\nPrefer: wait=0\r\n"),
         ),
-        ("HEAD", "If-None-Match: \"other\"\r\n".to_string()),
+        (
+            "HEAD",
+            path.clone(),
+            "If-None-Match: \"other\"\r\n".to_string(),
+        ),
+        ("GET", "/api/prices/..".to_string(), String::new()),
+        ("GET", "/nowhere/x".to_string(), String::new()),
     ];
-    for (method, extra) in &cases {
-        let answers = both_paths(&gw, method, "/api/prices/btc", extra).await;
-        let (fast, full) = assert_alike(&answers, &format!("{method} {extra:?}"));
-        // Which path answered shows in the casing: the fast path writes `ETag`, pingora writes
-        // the name as `poll.rs` inserted it.
-        assert!(fast.3.contains("\r\nETag: ") && full.3.contains("\r\netag: "));
-        assert!(fast.3.contains("\r\nAge: ") && fast.3.contains("\r\nDate: "));
-    }
+    let answers = on_both_paths(&gw, &cases).await;
+    let statuses: Vec<u16> = answers.iter().map(|(f, _)| f.0).collect();
+    assert_eq!(statuses, [200, 304, 200, 400, 200]);
+    assert!(
+        answers[0].0 .3.contains("\r\nETag: "),
+        "{}",
+        answers[0].0 .3
+    );
 
-    // One connection, five pipelined requests in one write, alternating between the fast
-    // path and the proxy: every answer comes back, in order, and only the proxied requests
-    // reach the backend.
+    // One connection, five pipelined requests in one write, alternating between the cache
+    // and the proxy: every answer comes back, in order, and only the proxied requests reach
+    // the backend.
     let before = up.http_requests().len();
     let pipelined = format!(
         "GET /api/prices/btc HTTP/1.1\r\nHost: t\r\n\r\n\
@@ -784,77 +844,26 @@ async fn fast_path_answers_like_the_full_path_and_shares_connections_with_the_pr
 
     // A held poll on each path is answered by the same publish.
     let inm = format!("If-None-Match: {etag}\r\n");
-    let held = hold_on_both_paths(&gw, "/api/prices/btc", &inm);
+    let fast = hold(&gw, "/api/prices/btc", &inm);
+    gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 1.0)
+        .await;
+    gw.set_fast_paths(false).await;
+    let full = hold(&gw, "/api/prices/btc", &inm);
     gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 2.0)
         .await;
     up.publish("/ws/prices/btc", r#"{"p":2}"#);
-    for h in held {
+    let mut heads = Vec::new();
+    for h in [fast, full] {
         let (head, body) = split_response(&h.await.unwrap());
         assert_eq!(status_of(&head), 200, "{head}");
         assert_eq!(body, r#"{"p":2}"#);
+        heads.push(comparable(&head));
     }
-}
-
-/// HTTP/1.1 requests take the fast path, HTTP/1.0 ones pingora's path and `poll.rs`.
-const PATHS: [&str; 2] = ["1.1", "1.0"];
-
-fn request_on(version: &str, method: &str, path: &str, extra: &str) -> String {
-    format!("{method} {path} HTTP/{version}\r\nHost: t\r\nConnection: close\r\n{extra}\r\n")
-}
-
-/// One answer: status, comparable headers, body, raw head.
-type Answer = (u16, Vec<(String, String)>, String, String);
-
-/// Sends the request with `extra` header lines on both paths; the fast path's answer first.
-async fn both_paths(gw: &Gateway, method: &str, path: &str, extra: &str) -> Vec<Answer> {
-    let mut answers = Vec::new();
-    for version in PATHS {
-        let req = request_on(version, method, path, extra);
-        let raw = raw_request(gw.addr, req.as_bytes(), Duration::from_secs(5))
-            .await
-            .unwrap();
-        let (head, body) = split_response(&raw);
-        answers.push((status_of(&head), comparable(&head), body, head));
-    }
-    answers
-}
-
-/// Asserts both paths gave the same status, headers and body; returns (fast, full).
-fn assert_alike<'a>(answers: &'a [Answer], what: &str) -> (&'a Answer, &'a Answer) {
-    let (fast, full) = (&answers[0], &answers[1]);
-    assert_eq!(
-        (fast.0, &fast.1, &fast.2),
-        (full.0, &full.1, &full.2),
-        "{what}:\nfast path:\n{}\nfull path:\n{}",
-        fast.3,
-        full.3
-    );
-    (fast, full)
-}
-
-/// Opens one GET on each path that the gateway is expected to hold; each task returns the raw
-/// answer.
-fn hold_on_both_paths(
-    gw: &Gateway,
-    path: &str,
-    extra: &str,
-) -> Vec<tokio::task::JoinHandle<Vec<u8>>> {
-    PATHS
-        .iter()
-        .map(|version| {
-            let req = request_on(version, "GET", path, extra);
-            let addr = gw.addr;
-            tokio::spawn(async move {
-                raw_request(addr, req.as_bytes(), Duration::from_secs(30))
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect()
+    assert_eq!(heads[0], heads[1]);
 }
 
 #[tokio::test]
-async fn cursor_polls_answer_alike_on_the_fast_and_the_full_path() {
+async fn cursor_polls_answer_alike_on_both_paths() {
     let up = Upstream::start().await;
     up.publish("/ws/news/n", "0");
     let gw = Gateway::start(&config(&up, SINCE)).await;
@@ -871,41 +880,41 @@ async fn cursor_polls_answer_alike_on_the_fast_and_the_full_path() {
     let newest = all.header("pollgate-cursor").unwrap();
     let middle = (newest.parse::<u64>().unwrap() - 2).to_string();
     let cases = [
-        ("/api/news/n".to_string(), String::new()),
-        (format!("/api/news/n?since={middle}"), String::new()),
+        ("GET", "/api/news/n".to_string(), String::new()),
+        ("GET", format!("/api/news/n?since={middle}"), String::new()),
         (
+            "GET",
             format!("/api/news/n?x=1&since={newest}"),
             "Prefer: wait=0\r\n".to_string(),
         ),
         (
+            "GET",
             "/api/news/n".to_string(),
             format!("If-None-Match: \"{middle}\"\r\n"),
         ),
-        ("/api/news/n?since=nope".to_string(), String::new()),
+        ("GET", "/api/news/n?since=nope".to_string(), String::new()),
     ];
-    for (path, extra) in &cases {
-        let answers = both_paths(&gw, "GET", path, extra).await;
-        let (fast, full) = assert_alike(&answers, &format!("{path} {extra:?}"));
-        if fast.0 == 200 {
-            // The fast path answered it (pingora writes the names as `poll.rs` inserted them).
-            assert!(fast.3.contains("\r\nPollgate-Cursor: "), "{}", fast.3);
-            assert!(full.3.contains("\r\npollgate-cursor: "), "{}", full.3);
-        } else {
-            assert_eq!(fast.0, 400, "{}", fast.3);
-        }
-    }
-    assert_eq!(
-        both_paths(&gw, "GET", &format!("/api/news/n?since={middle}"), "").await[0].2,
-        r#"[{"n":2},{"n":3}]"#
+    let answers = on_both_paths(&gw, &cases).await;
+    let statuses: Vec<u16> = answers.iter().map(|(f, _)| f.0).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 400]);
+    assert_eq!(answers[1].0 .2, r#"[{"n":2},{"n":3}]"#);
+    assert!(
+        answers[1].0 .3.contains("\r\nPollgate-Cursor: "),
+        "{}",
+        answers[1].0 .3
     );
 
     // A held cursor poll on each path is answered by the same publish, with the same array.
-    let held = hold_on_both_paths(&gw, &format!("/api/news/n?since={newest}"), "");
+    let fast = hold(&gw, &format!("/api/news/n?since={newest}"), "");
+    gw.wait_metric(r#"pollgate_long_polls_held{route="news"}"#, |v| v == 1.0)
+        .await;
+    gw.set_fast_paths(false).await;
+    let full = hold(&gw, &format!("/api/news/n?since={newest}"), "");
     gw.wait_metric(r#"pollgate_long_polls_held{route="news"}"#, |v| v == 2.0)
         .await;
     up.publish_live("/ws/news/n", r#"{"n":4}"#);
     let mut bodies = Vec::new();
-    for h in held {
+    for h in [fast, full] {
         let (head, body) = split_response(&h.await.unwrap());
         assert_eq!(status_of(&head), 200, "{head}");
         bodies.push(body);

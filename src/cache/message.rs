@@ -2,7 +2,7 @@
 
 use base64::Engine;
 use bytes::Bytes;
-use pingora_http::ResponseHeader;
+use http::HeaderValue;
 use sha1::{Digest, Sha1};
 use std::time::Instant;
 
@@ -22,62 +22,57 @@ pub struct Message {
     pub received: Instant,
     /// Messages may be missing right before this one (the subscription was interrupted).
     pub gap_before: bool,
-    /// Latest mode: the `200` and `304` heads for this message, built once on arrival; each
-    /// answer clones one and adds only `Age`. Header names are written in lowercase, as
-    /// HAProxy and Envoy do, which spares a case-preserving map per response.
+    /// Latest mode: the header lines of the `200` and `304` answers for this message, built
+    /// once on arrival; each answer adds only its own lines (`Age`, ...).
     pub heads: Option<Box<Heads>>,
 }
 
-/// Pre-built response heads for one cached message.
+/// The fixed header lines of a cached message's answers.
 #[derive(Debug)]
 pub struct Heads {
-    pub ok: ResponseHeader,
-    pub not_modified: ResponseHeader,
-    /// The same two heads as wire bytes for the fast path (`proxy/fast.rs`): status line and
-    /// fixed headers, each line ending in CRLF; the per-answer headers and the blank line
-    /// follow.
-    pub wire_ok: Bytes,
-    pub wire_not_modified: Bytes,
+    pub ok: HeadTemplate,
+    pub not_modified: HeadTemplate,
 }
 
-/// Builds the latest-mode heads for a payload of `len` bytes.
-pub fn latest_heads(content_type: &str, len: usize, etag: &str) -> Option<Box<Heads>> {
-    let build = || -> pingora_error::Result<Heads> {
-        let ct = http::HeaderValue::from_str(content_type).map_err(|e| {
-            pingora_error::Error::because(
-                pingora_error::ErrorType::InternalError,
-                "content type",
-                e,
-            )
-        })?;
-        let tag = http::HeaderValue::from_str(etag).map_err(|e| {
-            pingora_error::Error::because(pingora_error::ErrorType::InternalError, "etag", e)
-        })?;
-        let no_cache = http::HeaderValue::from_static("no-cache");
-        // Room for what is added later (Age, Date, Connection, optional Pollgate-Stale) so
-        // the map never grows on the hot path.
-        let mut ok = ResponseHeader::build_no_case(200, Some(12))?;
-        ok.insert_header(http::header::CONTENT_TYPE, ct)?;
-        ok.insert_header(http::header::CONTENT_LENGTH, http::HeaderValue::from(len))?;
-        ok.insert_header(http::header::CACHE_CONTROL, no_cache.clone())?;
-        ok.insert_header(http::header::ETAG, tag.clone())?;
-        let mut not_modified = ResponseHeader::build_no_case(304, Some(10))?;
-        not_modified.insert_header(http::header::ETAG, tag)?;
-        not_modified.insert_header(http::header::CACHE_CONTROL, no_cache)?;
-        let wire_ok = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\n\
-             Cache-Control: no-cache\r\nETag: {etag}\r\n"
-        );
-        let wire_not_modified =
-            format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nCache-Control: no-cache\r\n");
-        Ok(Heads {
-            ok,
-            not_modified,
-            wire_ok: Bytes::from(wire_ok),
-            wire_not_modified: Bytes::from(wire_not_modified),
-        })
-    };
-    build().ok().map(Box::new)
+/// Header lines built once: as a list (for a pingora session) and as the same lines in wire
+/// form (`Name: value\r\n` each, for pollgate's own connections).
+#[derive(Debug)]
+pub struct HeadTemplate {
+    pub lines: Vec<(&'static str, HeaderValue)>,
+    pub wire: Bytes,
+}
+
+impl HeadTemplate {
+    pub fn new(lines: Vec<(&'static str, HeaderValue)>) -> HeadTemplate {
+        let mut wire = Vec::with_capacity(128);
+        for (name, value) in &lines {
+            wire.extend_from_slice(name.as_bytes());
+            wire.extend_from_slice(b": ");
+            wire.extend_from_slice(value.as_bytes());
+            wire.extend_from_slice(b"\r\n");
+        }
+        HeadTemplate {
+            lines,
+            wire: Bytes::from(wire),
+        }
+    }
+}
+
+/// The latest-mode templates for a payload of `len` bytes. `content_type` was validated as a
+/// header value with the config.
+pub fn latest_heads(content_type: &HeaderValue, len: usize, etag: &str) -> Box<Heads> {
+    // An ETag is `"` and hex digits: always a valid header value.
+    let tag = HeaderValue::from_str(etag).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+    let no_cache = HeaderValue::from_static("no-cache");
+    Box::new(Heads {
+        ok: HeadTemplate::new(vec![
+            ("Content-Type", content_type.clone()),
+            ("Content-Length", HeaderValue::from(len)),
+            ("Cache-Control", no_cache.clone()),
+            ("ETag", tag.clone()),
+        ]),
+        not_modified: HeadTemplate::new(vec![("ETag", tag), ("Cache-Control", no_cache)]),
+    })
 }
 
 /// `"` + 32 hex digits of SHA-1 + `"`: content-derived, so identical across replicas.
@@ -148,18 +143,18 @@ mod heads_tests {
     use super::*;
 
     #[test]
-    fn latest_heads_are_built() {
-        let h = latest_heads("application/json", 10, "\"abc\"").expect("heads");
-        assert_eq!(h.ok.status, 200);
-        assert_eq!(h.ok.headers["content-length"], "10");
-        assert_eq!(h.not_modified.headers["etag"], "\"abc\"");
+    fn templates_are_built_once_in_both_forms() {
+        let ct = HeaderValue::from_static("application/json");
+        let h = latest_heads(&ct, 10, "\"abc\"");
         assert_eq!(
-            &h.wire_ok[..],
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\
+            &h.ok.wire[..],
+            b"Content-Type: application/json\r\nContent-Length: 10\r\n\
               Cache-Control: no-cache\r\nETag: \"abc\"\r\n"
         );
-        assert!(h
-            .wire_not_modified
-            .starts_with(b"HTTP/1.1 304 Not Modified\r\n"));
+        assert_eq!(h.ok.lines.len(), 4);
+        assert_eq!(
+            &h.not_modified.wire[..],
+            b"ETag: \"abc\"\r\nCache-Control: no-cache\r\n"
+        );
     }
 }

@@ -4,7 +4,9 @@
 mod message;
 mod topic;
 
-pub use message::{etag_for, json_fragment, latest_heads, pointer_cursor, Heads, Message};
+pub use message::{
+    etag_for, json_fragment, latest_heads, pointer_cursor, HeadTemplate, Heads, Message,
+};
 pub use topic::{CursorArg, Since, SubState, Topic};
 
 use crate::config::PollRoute;

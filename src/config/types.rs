@@ -42,6 +42,9 @@ pub struct Config {
     pub max_held_polls: usize,
     /// One log line per request (target `access`).
     pub access_log: bool,
+    /// pollgate's connection loop answers polls and forwards bodiless requests itself; `false`
+    /// hands every request to pingora's proxy (slower; for diagnosis and differential tests).
+    pub fast_paths: bool,
     pub limits: Limits,
     pub upstreams: Vec<Arc<Upstream>>,
     pub routes: Vec<Route>,
@@ -94,6 +97,9 @@ pub struct Upstream {
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
     pub websocket_idle_timeout: Duration,
+    /// Idle connections to this upstream are pooled and reused (off: one connection per
+    /// request, for backends whose framing cannot be trusted across requests).
+    pub keepalive: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -170,6 +170,7 @@ pub fn validate(
         max_topics,
         max_held_polls,
         access_log: file.access_log.unwrap_or(true),
+        fast_paths: file.fast_paths.unwrap_or(true),
         limits: Limits {
             max_connections: file.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             max_websockets: file.max_websockets.unwrap_or(DEFAULT_MAX_WEBSOCKETS),
@@ -231,6 +232,7 @@ fn upstream(name: &str, u: FileUpstream, path: &[Seg], p: &mut Problems) -> Opti
         write_timeout: nonzero(u.write_timeout, DEFAULT_WRITE_TIMEOUT),
         idle_timeout: nonzero(u.idle_timeout, DEFAULT_IDLE_TIMEOUT),
         websocket_idle_timeout: nonzero(u.websocket_idle_timeout, DEFAULT_WEBSOCKET_IDLE_TIMEOUT),
+        keepalive: u.keepalive.unwrap_or(true),
     };
     for (k, d) in [
         ("connect_timeout", out.connect_timeout),

@@ -1,15 +1,26 @@
 //! One accepted client connection, from accept to close: its slot under `max_connections`,
-//! the request-head deadline, and the keep-alive loop that offers every request to the cache
-//! fast path (`fast.rs`) before handing it to pingora's proxy.
+//! the request-head deadline, the one validator (`request.rs`) and the keep-alive loop.
 //!
-//! pingora's own HTTP/1 loop is replaced by this one (driving `process_new_http` one request
-//! at a time, as pingora documents for custom accept loops), so a connection can alternate
-//! between fast answers and proxied requests, and idle keep-alive time is ours to bound.
+//! Every request head is read and judged here. What pollgate answers itself (polls, errors,
+//! bodiless forwards) is written by `wire.rs`; requests with a body and WebSocket handshakes
+//! go to pingora's proxy (`gateway.rs`), one request at a time through `process_new_http`, as
+//! pingora documents for custom accept loops, with exactly that request's bytes, so a request
+//! pipelined behind it stays here. With `fast_paths: false` every request goes to pingora.
+//!
+//! The head deadline: a head must be complete within `header_read_timeout` of its first byte
+//! (of the accept, for a connection's first request). Empty lines before a request line are
+//! bytes of that head, so they never stop or restart the clock; between requests the wait for
+//! a first byte is bounded by `keepalive_timeout`.
 
-use super::fast::{self, Parsed, Served};
-use super::header_deadline::HeaderDeadline;
-use super::respond::raw_json_error;
-use super::{count_request, Gateway, GatewayState, Kind};
+use super::answer::Answer;
+use super::forward::{self, Client};
+use super::gateway::Gateway;
+use super::log::{finish, Finished, Kind};
+use super::poll::{self, Outcome, PollRequest};
+use super::request::{self, Parsed, RequestHead, MAX_HEADERS};
+use super::router::{Dispatch, RouteEntry};
+use super::state::GatewayState;
+use super::{handshake, wire};
 use crate::limits;
 use crate::metrics::METRICS;
 use async_trait::async_trait;
@@ -19,7 +30,7 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
-use std::sync::atomic::Ordering;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
@@ -33,6 +44,25 @@ pub struct ConnectionApp {
     state: GatewayState,
 }
 
+/// What became of one request.
+enum Served {
+    /// Answered; the connection may carry the next request.
+    KeepAlive,
+    /// Answered (or the client left): close.
+    Close,
+    /// For pingora's proxy: the request's bytes (head and body) run this far into the buffer.
+    Pingora(usize),
+}
+
+/// Why reading a head stopped.
+enum HeadEnd {
+    Ready,
+    /// Closed, idle past its time, or the server is draining: close quietly.
+    Done,
+    /// The head did not arrive in time.
+    TimedOut,
+}
+
 impl ConnectionApp {
     pub fn new(proxy: HttpProxy<Gateway>, state: GatewayState) -> ConnectionApp {
         ConnectionApp {
@@ -41,76 +71,320 @@ impl ConnectionApp {
         }
     }
 
-    async fn serve(&self, stream: Stream, shutdown: &ShutdownWatch) {
+    async fn serve(&self, mut io: Stream, shutdown: &ShutdownWatch) {
+        let accepted = tokio::time::Instant::now();
         let limits = self.state.limits();
-        let deadline = Duration::from_millis(self.state.header_timeout_ms.load(Ordering::Relaxed));
-        let mut io = HeaderDeadline::new(stream, deadline);
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        // Counted from the accept, idle keep-alive connections and tunnels included.
         let mut drain = shutdown.clone();
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut out = Vec::new();
+        // Counted from the accept: idle keep-alive connections and tunnels included.
         let Some(_slot) = limits::try_take(&self.state.connections, limits.max_connections) else {
-            refuse(&mut io, &mut buf, &mut drain).await;
+            self.refuse(&mut io, &mut buf, &mut out, &mut drain, accepted)
+                .await;
             return;
         };
-        let mut out = Vec::new();
-        // The first head is bounded by the head deadline, armed at accept; later ones wait
-        // at most `keepalive_timeout` for their first byte.
-        let mut idle = None;
+        let peer = io.get_socket_digest().and_then(|d| d.peer_addr().cloned());
+        let ip = peer.as_ref().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let client = peer.map(|a| a.to_string());
+        let mut first = Some(accepted);
         loop {
             let limits = self.state.limits();
-            let served = loop {
-                let mut headers = [httparse::EMPTY_HEADER; fast::MAX_HEADERS];
-                match fast::parse(&buf, &mut headers, &limits) {
-                    Parsed::Partial => {}
-                    Parsed::Other => break Served::NotFast,
-                    Parsed::Fast(req) => {
-                        let len = req.len;
-                        let draining = *shutdown.borrow();
-                        let served =
-                            fast::serve(&self.state, &mut io, &mut out, &req, draining).await;
-                        if served != Served::NotFast {
-                            consume(&mut buf, len);
-                        }
-                        break served;
+            match read_head(&mut io, &mut buf, first.take(), &limits, &mut drain).await {
+                HeadEnd::Ready => {}
+                HeadEnd::Done => return,
+                HeadEnd::TimedOut => {
+                    if !buf.is_empty() {
+                        let a = Answer::error(
+                            408,
+                            "request head not received within header_read_timeout",
+                        );
+                        let _ = wire::send_answer(&mut io, &mut out, &a, false, false).await;
+                        self.log_local(client.as_deref(), 408, accepted.elapsed());
                     }
-                }
-                let wait = if buf.is_empty() { idle } else { None };
-                if !read_more(&mut io, &mut buf, wait, &mut drain).await {
                     return;
+                }
+            }
+            let draining = *shutdown.borrow();
+            let mut pipelined = BytesMut::new();
+            let (served, len) = {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                match request::parse(&buf, &mut headers, &limits) {
+                    // `read_head` returns only when the head is complete or refused.
+                    Parsed::Partial => (Served::Close, 0),
+                    Parsed::Invalid(r) => {
+                        let start = Instant::now();
+                        let a = Answer::error(r.status, r.reason).closing(true);
+                        let _ = wire::send_answer(&mut io, &mut out, &a, false, false).await;
+                        self.log_local(client.as_deref(), r.status, start.elapsed());
+                        (Served::Close, 0)
+                    }
+                    Parsed::Complete(head) => {
+                        let len = head.len;
+                        let mut conn = Conn {
+                            io: &mut io,
+                            out: &mut out,
+                            pipelined: &mut pipelined,
+                            ip,
+                            client: &client,
+                            draining,
+                        };
+                        (self.dispatch(&head, &mut conn, buf.len()).await, len)
+                    }
                 }
             };
             match served {
-                Served::KeepAlive => {
-                    idle = Some(limits.keepalive_timeout);
-                    continue;
-                }
                 Served::Close => return,
-                Served::NotFast => {}
-            }
-            // pingora reads the request again from its first byte: give back what belongs to
-            // it, keeping any pipelined request behind it for this loop.
-            let (len, head_complete) = request_extent(&buf);
-            if head_complete {
-                io.head_complete();
-            }
-            io.replay(buf.split_to(len).freeze());
-            let mut session = ServerSession::new_http1(Box::new(io));
-            let keepalive = (!*shutdown.borrow()).then_some(limits.keepalive_timeout.as_secs());
-            session.set_keepalive(keepalive);
-            let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
-                return;
-            };
-            let (stream, _) = reused.consume();
-            io = match stream.into_any().downcast::<HeaderDeadline>() {
-                Ok(io) => *io,
-                Err(_) => {
-                    tracing::warn!("pingora returned a different stream type; closing");
-                    return;
+                Served::KeepAlive => {
+                    consume(&mut buf, len);
+                    buf.extend_from_slice(&pipelined);
                 }
-            };
-            idle = Some(limits.keepalive_timeout);
+                Served::Pingora(extent) => {
+                    let mut session = ServerSession::new_http1(io);
+                    if let ServerSession::H1(h1) = &mut session {
+                        h1.set_pipelined_prefix(buf.split_to(extent));
+                    }
+                    let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
+                        return;
+                    };
+                    io = reused.consume().0;
+                }
+            }
         }
     }
+
+    /// Decides what the request is and serves it, or says it is pingora's.
+    async fn dispatch(&self, head: &RequestHead<'_>, c: &mut Conn<'_>, buffered: usize) -> Served {
+        if !self.state.fast_paths() {
+            return Served::Pingora(head.extent(buffered));
+        }
+        let start = Instant::now();
+        let router = self.state.router();
+        let upgrade = if head.upgrade {
+            handshake::classify(head.method, !head.http10, head)
+        } else {
+            handshake::Upgrade::None
+        };
+        let keep_alive = head.keep_alive && !c.draining;
+        match router.dispatch(head.method, head.path, upgrade) {
+            Dispatch::NotFound => {
+                let a = Answer::error(404, "no route matches this path").closing(head.has_body());
+                self.local(c, head, "none", a, keep_alive, start).await
+            }
+            Dispatch::BadHandshake(m, reason) => {
+                let a = Answer::error(400, reason).closing(true);
+                self.local(c, head, &m.entry.route.name, a, keep_alive, start)
+                    .await
+            }
+            Dispatch::Tunnel(_) => Served::Pingora(head.extent(buffered)),
+            Dispatch::Poll(index, hub, raw_topic) => {
+                let entry = &router.entries[index];
+                let req = PollRequest {
+                    head_only: head.is_head(),
+                    has_body: head.has_body(),
+                    raw_topic,
+                    target: head.target,
+                    query: head.query,
+                    headers: head,
+                    client_ip: c.ip,
+                };
+                let outcome = poll::serve(
+                    hub,
+                    &entry.access,
+                    &self.state.client,
+                    &req,
+                    client_read(c.io),
+                )
+                .await;
+                match outcome {
+                    Outcome::Answer(a) => {
+                        let head_only = head.is_head();
+                        let ok = wire::send_answer(c.io, c.out, &a, head_only, keep_alive)
+                            .await
+                            .is_ok();
+                        self.finish(c, head, entry, Kind::Poll, a.status, start, "");
+                        if ok && keep_alive && !a.close {
+                            Served::KeepAlive
+                        } else {
+                            Served::Close
+                        }
+                    }
+                    Outcome::Gone => {
+                        self.finish(c, head, entry, Kind::Poll, 499, start, "");
+                        Served::Close
+                    }
+                    Outcome::Fallback => {
+                        self.forward(c, head, entry, Kind::Fallback, keep_alive, start)
+                            .await
+                    }
+                }
+            }
+            Dispatch::Proxy(m) => {
+                if head.has_body() {
+                    return Served::Pingora(head.extent(buffered));
+                }
+                let entry = m.entry;
+                self.forward(c, head, entry, Kind::Proxy, keep_alive, start)
+                    .await
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        c: &mut Conn<'_>,
+        head: &RequestHead<'_>,
+        entry: &RouteEntry,
+        kind: Kind,
+        keep_alive: bool,
+        start: Instant,
+    ) -> Served {
+        let mut client = Client {
+            io: c.io,
+            out: c.out,
+            pipelined: c.pipelined,
+            ip: c.ip,
+            keep_alive,
+        };
+        // Boxed: a forward's state would otherwise sit in every connection's future, held polls
+        // included.
+        let done = Box::pin(forward::forward(
+            &self.state.client,
+            &mut client,
+            head,
+            entry,
+            kind,
+        ))
+        .await;
+        let error = done.error.and_then(|f| f.kind()).unwrap_or("");
+        self.finish(c, head, entry, kind, done.status, start, error);
+        if done.keep_alive {
+            Served::KeepAlive
+        } else {
+            Served::Close
+        }
+    }
+
+    /// Writes an answer the gateway gives itself (404, a refused handshake).
+    async fn local(
+        &self,
+        c: &mut Conn<'_>,
+        head: &RequestHead<'_>,
+        route: &str,
+        a: Answer,
+        keep_alive: bool,
+        start: Instant,
+    ) -> Served {
+        let ok = wire::send_answer(c.io, c.out, &a, head.is_head(), keep_alive)
+            .await
+            .is_ok();
+        finish(
+            &Finished {
+                client: c.client.as_deref(),
+                method: head.method,
+                path: head.path,
+                route,
+                hub: None,
+                kind: Kind::Local,
+                status: a.status,
+                elapsed: start.elapsed(),
+                upstream: "-",
+                error: "",
+            },
+            self.state.access_log(),
+        );
+        if ok && keep_alive && !a.close {
+            Served::KeepAlive
+        } else {
+            Served::Close
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        c: &Conn<'_>,
+        head: &RequestHead<'_>,
+        entry: &RouteEntry,
+        kind: Kind,
+        status: u16,
+        start: Instant,
+        error: &str,
+    ) {
+        let upstream = match kind {
+            Kind::Proxy | Kind::Fallback => entry.route.upstream.name.as_str(),
+            _ => "-",
+        };
+        finish(
+            &Finished {
+                client: c.client.as_deref(),
+                method: head.method,
+                path: head.path,
+                route: &entry.route.name,
+                hub: entry.hub.as_ref(),
+                kind,
+                status,
+                elapsed: start.elapsed(),
+                upstream,
+                error,
+            },
+            self.state.access_log(),
+        );
+    }
+
+    /// Logs an answer given before any request was read whole (a refused or late head).
+    fn log_local(&self, client: Option<&str>, status: u16, elapsed: Duration) {
+        finish(
+            &Finished {
+                client,
+                method: "-",
+                path: "-",
+                route: "none",
+                hub: None,
+                kind: Kind::Local,
+                status,
+                elapsed,
+                upstream: "-",
+                error: "",
+            },
+            self.state.access_log(),
+        );
+    }
+
+    /// Over `max_connections`: reads the request head (so the answer is not lost to a reset over
+    /// unread bytes), answers 503 with `Retry-After`, and closes.
+    async fn refuse(
+        &self,
+        io: &mut Stream,
+        buf: &mut BytesMut,
+        out: &mut Vec<u8>,
+        drain: &mut ShutdownWatch,
+        accepted: tokio::time::Instant,
+    ) {
+        let limits = self.state.limits();
+        if !matches!(
+            read_head(io, buf, Some(accepted), &limits, drain).await,
+            HeadEnd::Ready
+        ) {
+            return;
+        }
+        METRICS
+            .rejected
+            .with_label_values(&["none", "max_connections"])
+            .inc();
+        let a = Answer::unavailable("too many client connections").closing(true);
+        let _ = wire::send_answer(io, out, &a, false, false).await;
+        self.log_local(None, 503, accepted.elapsed());
+    }
+}
+
+/// The parts of the connection a request's handling uses.
+struct Conn<'a> {
+    io: &'a mut Stream,
+    out: &'a mut Vec<u8>,
+    pipelined: &'a mut BytesMut,
+    ip: Option<IpAddr>,
+    client: &'a Option<String>,
+    draining: bool,
 }
 
 #[async_trait]
@@ -129,34 +403,52 @@ impl ServerApp for ConnectionApp {
     }
 }
 
-/// How many leading bytes of `buf` belong to the request pingora is about to read, and whether
-/// its head is complete. A plainly framed request (no `Transfer-Encoding`, no `Upgrade`, at most
-/// one valid `Content-Length`) ends after its head and body; for anything else every byte goes
-/// to pingora, which closes the connection after a request it finds bytes behind.
-fn request_extent(buf: &[u8]) -> (usize, bool) {
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let mut req = httparse::Request::new(&mut headers);
-    let Ok(httparse::Status::Complete(head)) = req.parse(buf) else {
-        return (buf.len(), false);
-    };
-    let mut body: Option<usize> = None;
-    for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("transfer-encoding") || name.eq_ignore_ascii_case("upgrade") {
-            return (buf.len(), true);
-        }
-        if name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<usize>().ok());
-            match (body, n) {
-                (None, Some(n)) => body = Some(n),
-                _ => return (buf.len(), true),
+/// Reads until `buf` starts with a complete (or a refused) request head. `accepted`: this is
+/// the connection's first request, whose head is timed from the accept; otherwise the wait for
+/// a first byte is bounded by `keepalive_timeout` and the head by `header_read_timeout` from
+/// that byte (bytes already buffered count as arrived now).
+async fn read_head(
+    io: &mut Stream,
+    buf: &mut BytesMut,
+    accepted: Option<tokio::time::Instant>,
+    limits: &crate::config::Limits,
+    drain: &mut ShutdownWatch,
+) -> HeadEnd {
+    let timeout = limits.header_read_timeout;
+    let mut deadline = accepted.map(|a| a + timeout);
+    loop {
+        if !buf.is_empty() {
+            deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            if !matches!(request::parse(buf, &mut headers, limits), Parsed::Partial) {
+                return HeadEnd::Ready;
             }
         }
+        if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+            buf.reserve(READ_CHUNK);
+        }
+        let read = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, io.read_buf(buf)).await {
+                Ok(r) => r,
+                Err(_) => return HeadEnd::TimedOut,
+            },
+            None => {
+                if *drain.borrow() {
+                    return HeadEnd::Done;
+                }
+                tokio::select! {
+                    biased;
+                    r = io.read_buf(buf) => r,
+                    _ = tokio::time::sleep(limits.keepalive_timeout) => return HeadEnd::Done,
+                    _ = drain.changed() => return HeadEnd::Done,
+                }
+            }
+        };
+        match read {
+            Ok(n) if n > 0 => {}
+            _ => return HeadEnd::Done,
+        }
     }
-    (head.saturating_add(body.unwrap_or(0)).min(buf.len()), true)
 }
 
 /// Drops an answered head from the read buffer, keeping any pipelined bytes behind it.
@@ -169,85 +461,9 @@ fn consume(buf: &mut BytesMut, len: usize) {
     }
 }
 
-/// Reads more of a request head. `idle`: how long to wait for the first byte of a keep-alive
-/// request (a server shutdown ends that wait too). `false` when the connection is done: closed,
-/// timed out (the head deadline fails the read), or idle past its time.
-async fn read_more(
-    io: &mut HeaderDeadline,
-    buf: &mut BytesMut,
-    idle: Option<Duration>,
-    drain: &mut ShutdownWatch,
-) -> bool {
-    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-        buf.reserve(READ_CHUNK);
-    }
-    let read = match idle {
-        None => io.read_buf(buf).await,
-        Some(idle) => {
-            if *drain.borrow() {
-                return false;
-            }
-            tokio::select! {
-                biased;
-                r = io.read_buf(buf) => r,
-                _ = tokio::time::sleep(idle) => return false,
-                _ = drain.changed() => return false,
-            }
-        }
-    };
-    matches!(read, Ok(n) if n > 0)
-}
-
-/// Over `max_connections`: reads the request head (so the answer is not lost to a reset over
-/// unread bytes), answers 503 with `Retry-After`, and closes.
-async fn refuse(io: &mut HeaderDeadline, buf: &mut BytesMut, drain: &mut ShutdownWatch) {
-    let start = Instant::now();
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < fast::MAX_HEAD {
-        if !read_more(io, buf, None, drain).await {
-            return;
-        }
-    }
-    METRICS
-        .rejected
-        .with_label_values(&["none", "max_connections"])
-        .inc();
-    count_request("none", None, Kind::Local, 503, start.elapsed());
-    let extra = [("Retry-After", "1")];
-    raw_json_error(io, 503, "too many client connections", &extra, false).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::request_extent;
-
-    #[test]
-    fn a_plain_request_ends_after_its_head_and_body() {
-        let get = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
-        let mut two = get.to_vec();
-        two.extend_from_slice(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(request_extent(&two), (get.len(), true));
-        let post = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /b";
-        assert_eq!(request_extent(post), (post.len() - 6, true));
-        // The body is still arriving: everything read so far is this request's.
-        let partial = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\nabc";
-        assert_eq!(request_extent(partial), (partial.len(), true));
-    }
-
-    #[test]
-    fn anything_not_plainly_framed_goes_whole_to_pingora() {
-        for raw in [
-            &b"GET /a HTTP/1.1\r\nHost: x\r\n"[..],
-            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /",
-            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\nframes",
-            b"POST /a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nab",
-            b"POST /a HTTP/1.1\r\nContent-Length: +1\r\n\r\nab",
-        ] {
-            assert_eq!(
-                request_extent(raw).0,
-                raw.len(),
-                "{}",
-                String::from_utf8_lossy(raw)
-            );
-        }
-    }
+/// Finishes when the client of a held poll sends anything or hangs up: a poll has no body, so
+/// either means it is gone or misbehaving.
+async fn client_read(io: &mut Stream) {
+    let mut probe = [0u8; 16];
+    let _ = io.read(&mut probe).await;
 }

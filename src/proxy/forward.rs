@@ -1,757 +1,435 @@
-//! The plain-proxy fast path: bodiless GET and HEAD requests on proxy routes, forwarded over a
-//! pool of upstream keep-alive connections without pingora's per-request proxy machinery.
+//! Forwarding a bodiless request from pollgate's own connection loop (plain requests on proxy
+//! routes, and poll fallbacks) through the shared upstream client (`upstream.rs`: pingora's
+//! HTTP/1 client and pool), with the same header rules as pingora's proxy path
+//! (`headers.rs`) and the same error answers (`upstream::Failure`).
 //!
-//! Profiles of pingora's proxy path showed about half of its CPU per request in user space
-//! (session and header-map building, boxed phase futures, ~25 allocations); this path writes
-//! the upstream request straight from the parsed head, parses the response head in place, and
-//! relays the body by its framing (`Content-Length`, chunked passed through as is, or until
-//! the upstream closes). It applies the same header rules as `headers.rs` (hop-by-hop removed
-//! both ways, `X-Forwarded-*`, `Via`, the upstream's `host`) and the same error answers as
-//! `Gateway::fail_to_proxy` (JSON 502/504, `pollgate_upstream_errors_total`).
-//!
-//! Requests with a body, upgrades and anything unusual never get here (see `fast::parse`);
-//! pingora proxies those.
+//! The upstream's framing is pingora's client's to read; the client's framing is this hop's to
+//! write: a known length stays `Content-Length`, anything else is re-chunked for an HTTP/1.1
+//! client or delimited by the close for an HTTP/1.0 one. A cut upstream body is never made to
+//! look complete (no final chunk, or fewer bytes than announced, then the close).
 
-use super::fast::{Request, Served};
-use super::header_deadline::HeaderDeadline;
-use super::headers::{HOP_BY_HOP, VIA};
-use super::respond::{proxy_error_message, raw_json_error};
+use super::answer::{proxy_error_message, Answer, FALLBACK_UNAVAILABLE};
+use super::headers;
+use super::log::Kind;
+use super::request::RequestHead;
 use super::router::RouteEntry;
-use super::{access_log, count_request, AccessLine, GatewayState, Kind};
+use super::upstream::{Failure, UpstreamClient};
+use super::wire;
 use crate::config::Upstream;
-use crate::metrics::METRICS;
-use bytes::{Buf, BytesMut};
-use parking_lot::Mutex;
-use pingora_core::protocols::http::date::get_cached_date;
-use pingora_core::protocols::GetSocketDigest;
-use pingora_timeout::fast_timeout::fast_timeout;
-use std::io::{self, Write as _};
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use pingora_core::protocols::http::v1::client::HttpSession;
+use pingora_core::protocols::Stream;
+use pingora_http::{RequestHeader, ResponseHeader};
+use std::io::Write as _;
+use std::net::IpAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-/// Idle upstream connections kept per route.
-const MAX_IDLE: usize = 256;
-/// Longest upstream response head accepted.
+/// Longest upstream response head relayed.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Response header lines accepted.
-const MAX_RESPONSE_HEADERS: usize = 128;
-const READ_CHUNK: usize = 16 * 1024;
+/// Client bytes (a pipelined request) kept while a forward is under way; past this the client
+/// is no longer watched until the answer is relayed.
+const MAX_PIPELINED: usize = 64 * 1024;
 
-/// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded in either direction: the list
-/// the pingora path strips, plus the ones it handles apart (no upgrades come this way, and the
-/// framing is this hop's own).
-fn hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .chain(&["connection", "upgrade", "transfer-encoding"])
-        .any(|h| name.eq_ignore_ascii_case(h))
+/// How a forward ended, for the log line and the connection.
+pub struct Forwarded {
+    /// The status the client got (0: none).
+    pub status: u16,
+    pub error: Option<Failure>,
+    /// The client connection may carry another request.
+    pub keep_alive: bool,
 }
 
-/// Idle keep-alive connections to one route's upstream.
-#[derive(Default)]
-pub struct Pool {
-    idle: Mutex<Vec<(TcpStream, Instant)>>,
-}
-
-impl Pool {
-    /// An idle connection younger than `max_idle` that the upstream has neither closed nor
-    /// written to since: a stray `408` read as this request's answer would be a wrong answer.
-    /// One non-blocking `MSG_PEEK` asks the kernel; tokio's readiness may not have seen bytes
-    /// that arrived while this thread was busy.
-    fn take(&self, max_idle: Duration) -> Option<TcpStream> {
-        loop {
-            let (s, since) = self.idle.lock().pop()?;
-            if since.elapsed() >= max_idle {
-                continue;
-            }
-            let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-            match socket2::SockRef::from(&s).peek(&mut probe) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(s),
-                _ => continue,
-            }
-        }
-    }
-
-    fn put(&self, s: TcpStream) {
-        let mut idle = self.idle.lock();
-        if idle.len() < MAX_IDLE {
-            idle.push((s, Instant::now()));
-        }
-    }
-}
-
-/// Why a forward failed, as `fail_to_proxy` classifies it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    ConnectRefused,
-    ConnectTimeout,
-    ConnectError,
-    ReadTimeout,
-    WriteTimeout,
-    /// The upstream closed or answered something unreadable.
-    Protocol,
-    /// The client went away: nothing to answer.
-    Downstream,
-}
-
-impl Failure {
-    fn status(self) -> u16 {
-        match self {
-            Failure::ConnectTimeout | Failure::ReadTimeout | Failure::WriteTimeout => 504,
-            Failure::Downstream => 0,
-            _ => 502,
-        }
-    }
-
-    fn kind(self) -> Option<&'static str> {
-        Some(match self {
-            Failure::ConnectRefused => "connect_refused",
-            Failure::ConnectTimeout => "connect_timeout",
-            Failure::ConnectError => "connect_error",
-            Failure::ReadTimeout => "read_timeout",
-            Failure::WriteTimeout => "write_timeout",
-            Failure::Protocol => "protocol",
-            Failure::Downstream => return None,
-        })
-    }
-}
-
-/// How the upstream response body ends.
+/// The upstream's body framing, read before the framing headers are replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
+    /// No body follows (HEAD, 204, 304).
     None,
     Length(u64),
-    Chunked,
-    Close,
+    /// Chunked or delimited by the upstream's close: length unknown.
+    Stream,
 }
 
-/// Forwards a bodiless GET or HEAD on a plain proxy route.
-pub async fn serve(
-    state: &GatewayState,
-    io: &mut HeaderDeadline,
-    out: &mut Vec<u8>,
-    req: &Request<'_>,
-    entry: &RouteEntry,
-    draining: bool,
-) -> Served {
-    let start = Instant::now();
-    let up = &entry.route.upstream;
-    let client_ip = io
-        .get_socket_digest()
-        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-    let request = upstream_request(req, client_ip, up);
-    let mut close = req.close || draining;
-    let result = exchange(io, out, &request, req, entry, &mut close).await;
-    let (status, error) = match result {
-        Ok(status) => (status, None),
-        Err((f, sent)) => {
-            if let Some(kind) = f.kind() {
-                METRICS
-                    .upstream_errors
-                    .with_label_values(&[&up.name, kind])
-                    .inc();
-            }
-            // Once a head has gone out, the status is that head's; the connection just closes.
-            let status = sent.unwrap_or_else(|| f.status());
-            if sent.is_none() && status > 0 {
-                let message = proxy_error_message(status);
-                raw_json_error(io, status, message, &[], req.method == "HEAD").await;
-            }
-            (status, Some(f))
-        }
-    };
-    let route = entry.route.name.as_ref();
-    count_request(route, None, Kind::Proxy, status, start.elapsed());
-    if state.access_log.load(Ordering::Relaxed) {
-        access_log(&AccessLine {
-            client: io
-                .get_socket_digest()
-                .and_then(|d| d.peer_addr().map(|a| a.to_string())),
-            method: req.method,
-            path: req.path,
-            route,
-            kind: Kind::Proxy,
-            status,
-            elapsed: start.elapsed(),
-            upstream: &up.name,
-            error: error.and_then(Failure::kind).unwrap_or(""),
-        });
-    }
-    if error.is_some() || close {
-        Served::Close
-    } else {
-        Served::KeepAlive
-    }
+/// Everything a forward needs from the connection.
+pub struct Client<'a> {
+    pub io: &'a mut Stream,
+    pub out: &'a mut Vec<u8>,
+    /// Bytes the client sends meanwhile (a pipelined request), kept for the connection loop.
+    pub pipelined: &'a mut BytesMut,
+    pub ip: Option<IpAddr>,
+    /// The client may keep the connection (it asked to, and the server is not draining).
+    pub keep_alive: bool,
 }
 
-/// The request head for the upstream.
-fn upstream_request(
-    req: &Request<'_>,
-    client_ip: Option<std::net::IpAddr>,
+/// The request head for the upstream, built the way pingora's proxy builds it from the same
+/// bytes: method, target, the headers in order with their case, then `headers.rs`'s rules.
+pub fn upstream_request(
+    head: &RequestHead<'_>,
+    ip: Option<IpAddr>,
     up: &Upstream,
-) -> Vec<u8> {
-    let mut w = Vec::with_capacity(256 + req.len);
-    let _ = write!(w, "{} {} HTTP/1.1\r\n", req.method, req.target);
-    let mut forwarded_for = None;
-    let mut via = None;
-    let mut host = None;
-    for h in req.headers {
-        let name = h.name;
-        if hop_by_hop(name) {
-            continue;
-        }
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
-            forwarded_for.get_or_insert(h.value);
-            continue;
-        }
-        if name.eq_ignore_ascii_case("via") {
-            via.get_or_insert(h.value);
-            continue;
-        }
-        if name.eq_ignore_ascii_case("x-forwarded-host")
-            || name.eq_ignore_ascii_case("x-forwarded-proto")
-        {
-            continue;
-        }
-        if name.eq_ignore_ascii_case("host") {
-            host = Some(h.value);
-            if up.host.is_some() {
-                continue;
+) -> Option<RequestHeader> {
+    let mut req = RequestHeader::build(
+        head.method,
+        head.target.as_bytes(),
+        Some(head.headers.len() + 5),
+    )
+    .ok()?;
+    for h in head.headers {
+        let name = Bytes::copy_from_slice(h.name.as_bytes());
+        req.append_header(name, pingora_http::header_value_from_slice(h.value))
+            .ok()?;
+    }
+    headers::upstream_request(&mut req, ip.map(|ip| ip.to_string()), false, up);
+    Some(req)
+}
+
+/// Forwards `head` to `entry`'s upstream and relays the answer to the client.
+pub async fn forward(
+    upstream: &UpstreamClient,
+    c: &mut Client<'_>,
+    head: &RequestHead<'_>,
+    entry: &RouteEntry,
+    kind: Kind,
+) -> Forwarded {
+    let up = &entry.route.upstream;
+    let result = match upstream_request(head, c.ip, up) {
+        Some(req) => exchange(upstream, c, head, up, req).await,
+        None => Err((Failure::Protocol, None)),
+    };
+    match result {
+        Ok((status, keep_alive)) => Forwarded {
+            status,
+            error: None,
+            keep_alive,
+        },
+        Err((f, sent)) => {
+            f.count(&up.name);
+            // Once a head has gone out, the status is that head's; the connection just closes.
+            let status = match sent {
+                Some(s) => s,
+                None => {
+                    let status = f.status();
+                    let answer = match (status, kind) {
+                        (0, _) => None,
+                        (502 | 504, Kind::Fallback) => {
+                            Some(Answer::unavailable(FALLBACK_UNAVAILABLE))
+                        }
+                        (s, _) => Some(Answer::error(s, proxy_error_message(s))),
+                    };
+                    match answer {
+                        Some(a) => {
+                            let _ = wire::send_answer(c.io, c.out, &a, head.is_head(), false).await;
+                            a.status
+                        }
+                        None => 499,
+                    }
+                }
+            };
+            Forwarded {
+                status,
+                error: Some(f),
+                keep_alive: false,
             }
         }
-        push_header(&mut w, name.as_bytes(), h.value);
     }
-    if let Some(ip) = client_ip {
-        w.extend_from_slice(b"X-Forwarded-For: ");
-        if let Some(prev) = forwarded_for.filter(|p| !p.trim_ascii().is_empty()) {
-            w.extend_from_slice(prev);
-            w.extend_from_slice(b", ");
+}
+
+/// Finishes when the client hangs up; data it sends meanwhile (a pipelined request) is kept.
+async fn client_gone(io: &mut Stream, pipelined: &mut BytesMut) {
+    loop {
+        if pipelined.len() >= MAX_PIPELINED {
+            return std::future::pending().await;
         }
-        let _ = write!(w, "{ip}\r\n");
-    } else if let Some(prev) = forwarded_for {
-        push_header(&mut w, b"X-Forwarded-For", prev);
-    }
-    if let Some(h) = host {
-        push_header(&mut w, b"X-Forwarded-Host", h);
-    }
-    push_header(&mut w, b"X-Forwarded-Proto", b"http");
-    push_via(&mut w, via);
-    if let Some(h) = &up.host {
-        let _ = write!(w, "Host: {h}\r\n");
-    }
-    w.extend_from_slice(b"\r\n");
-    w
-}
-
-/// One `Name: value` header line.
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// `Via` with this hop appended to what the message already carried (both directions).
-fn push_via(out: &mut Vec<u8>, prev: Option<&[u8]>) {
-    out.extend_from_slice(b"Via: ");
-    if let Some(prev) = prev {
-        out.extend_from_slice(prev);
-        out.extend_from_slice(b", ");
-    }
-    out.extend_from_slice(VIA.as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
-async fn connect(up: &Upstream) -> Result<TcpStream, Failure> {
-    match fast_timeout(up.connect_timeout, TcpStream::connect(up.socket_addr)).await {
-        Err(_) => Err(Failure::ConnectTimeout),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Err(Failure::ConnectRefused),
-        Ok(Err(_)) => Err(Failure::ConnectError),
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
+        pipelined.reserve(1024);
+        match io.read_buf(pipelined).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
         }
     }
 }
 
-async fn read_some(s: &mut TcpStream, buf: &mut BytesMut, up: &Upstream) -> Result<usize, Failure> {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
-    }
-    match fast_timeout(up.read_timeout, s.read_buf(buf)).await {
-        Err(_) => Err(Failure::ReadTimeout),
-        Ok(Err(_)) => Err(Failure::Protocol),
-        Ok(Ok(n)) => Ok(n),
-    }
-}
+type Exchanged = Result<(u16, bool), (Failure, Option<u16>)>;
 
-async fn write_downstream(io: &mut HeaderDeadline, bytes: &[u8]) -> Result<(), Failure> {
-    io.write_all(bytes).await.map_err(|_| Failure::Downstream)
-}
-
-/// Sends the request and relays the answer. Ok: the status sent downstream. Err: the failure,
-/// and the status of the response head already sent to the client, if one was.
+/// Sends the request and relays the answer. Ok: the status sent and whether the client
+/// connection stays open. Err: the failure, and the status already sent if a head went out.
 async fn exchange(
-    io: &mut HeaderDeadline,
-    out: &mut Vec<u8>,
-    request: &[u8],
-    req: &Request<'_>,
-    entry: &RouteEntry,
-    close: &mut bool,
-) -> Result<u16, (Failure, Option<u16>)> {
-    let up = &entry.route.upstream;
-    let mut buf = BytesMut::with_capacity(READ_CHUNK / 4);
+    upstream: &UpstreamClient,
+    c: &mut Client<'_>,
+    head: &RequestHead<'_>,
+    up: &Upstream,
+    req: RequestHeader,
+) -> Exchanged {
+    let fail = |f: Failure| Err((f, None));
     // A pooled connection the upstream closed while it was idle fails before any answer byte:
-    // then retry on a fresh one (GET and HEAD are idempotent). A slow upstream is not retried.
-    let mut pooled = entry.pool.take(up.idle_timeout);
-    let mut upstream = loop {
-        let reused = pooled.is_some();
-        let mut s = match pooled.take() {
-            Some(s) => s,
-            None => connect(up).await.map_err(|f| (f, None))?,
+    // an idempotent request then goes once more on a fresh connection. A slow upstream is not
+    // retried.
+    let idempotent = matches!(
+        head.method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    );
+    let mut retried = false;
+    let mut s = loop {
+        let (mut s, reused) = match upstream.session(up).await {
+            Ok(s) => s,
+            Err(f) => return fail(f),
         };
-        let first = match fast_timeout(up.write_timeout, s.write_all(request)).await {
-            Err(_) => Err(Failure::WriteTimeout),
-            Ok(Err(_)) => Err(Failure::Protocol),
-            Ok(Ok(())) => read_some(&mut s, &mut buf, up).await,
+        let first = tokio::select! {
+            r = send_and_read(&mut s, req.clone()) => r,
+            _ = client_gone(c.io, c.pipelined) => return fail(Failure::Downstream),
         };
         match first {
-            Ok(n) if n > 0 => break s,
-            Ok(_) | Err(Failure::Protocol) if reused => continue,
-            Ok(_) => return Err((Failure::Protocol, None)),
-            Err(f) => return Err((f, None)),
+            Ok(()) => break s,
+            Err(e) if reused && idempotent && !retried && e.retry.retry_reused() => retried = true,
+            Err(e) => return fail(Failure::of(&e)),
         }
     };
-    let head_only = req.method == "HEAD";
+    let http10 = head.http10;
     loop {
-        // Parse the response head, reading more as needed.
-        let (head_len, status, framing, upstream_close) = loop {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let status = resp.code.unwrap_or(0);
-                    let (framing, upstream_close) =
-                        framing_of(status, head_only, resp.version, resp.headers)
-                            .ok_or((Failure::Protocol, None))?;
-                    out.clear();
-                    downstream_head(out, status, resp.reason, resp.headers, framing, *close);
-                    break (n, status, framing, upstream_close);
-                }
-                Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => {}
-                _ => return Err((Failure::Protocol, None)),
-            }
-            if read_some(&mut upstream, &mut buf, up)
-                .await
-                .map_err(|f| (f, None))?
-                == 0
-            {
-                return Err((Failure::Protocol, None));
-            }
+        if s.get_headers_raw_bytes().len() > MAX_RESPONSE_HEAD {
+            return fail(Failure::Protocol);
+        }
+        let Some(resp) = s.resp_header() else {
+            return fail(Failure::Protocol);
         };
-        if status == 101 || !(100..=999).contains(&status) {
-            return Err((Failure::Protocol, None));
+        let status = resp.status.as_u16();
+        if status == 101 {
+            // Nobody asked for an upgrade on this path.
+            return fail(Failure::Protocol);
         }
-        // Delimited by the upstream's close: so is our answer (`downstream_head` said so).
-        *close |= framing == Framing::Close;
-        buf.advance(head_len);
-        if status < 200 {
-            // An interim answer (103 Early Hints, ...): relayed, the final one follows.
-            write_downstream(io, out).await.map_err(|f| (f, None))?;
-            continue;
+        if status >= 200 {
+            let mut resp = resp.clone();
+            return relay(upstream, c, head, up, s, &mut resp).await;
         }
-        let reusable = relay_body(io, out, &mut upstream, &mut buf, framing, up)
-            .await
-            .map_err(|(f, written)| (f, written.then_some(status)))?;
-        if reusable && !upstream_close && buf.is_empty() {
-            entry.pool.put(upstream);
-        }
-        return Ok(status);
-    }
-}
-
-/// Sends the head in `out` with the body bytes already read, then relays the rest of the body
-/// as it arrives (flushed at once, so a stream of events is not held back). `Ok(true)` when the
-/// upstream connection can be reused.
-async fn relay_body(
-    io: &mut HeaderDeadline,
-    out: &mut Vec<u8>,
-    upstream: &mut TcpStream,
-    buf: &mut BytesMut,
-    framing: Framing,
-    up: &Upstream,
-) -> Result<bool, (Failure, bool)> {
-    let mut left = match framing {
-        Framing::Length(n) => n,
-        _ => u64::MAX,
-    };
-    let mut chunks = ChunkScan::default();
-    let mut first = true;
-    loop {
-        // How much of `buf` belongs to this body, and whether the body ends there.
-        let (take, done) = match framing {
-            Framing::None => (0, true),
-            Framing::Length(_) => {
-                let n = (buf.len() as u64).min(left);
-                left -= n;
-                (n as usize, left == 0)
+        // Interim answers (103 Early Hints) reach HTTP/1.1 clients only: HTTP/1.0 has none.
+        if !http10 {
+            let mut interim = resp.clone();
+            headers::downstream_response(&mut interim);
+            wire::interim_head(c.out, &interim);
+            if c.io.write_all(c.out).await.is_err() {
+                return fail(Failure::Downstream);
             }
-            Framing::Chunked => match chunks.feed(buf) {
-                Ok(Some(end)) => (end, true),
-                Ok(None) => (buf.len(), false),
-                Err(()) => return Err((Failure::Protocol, !first)),
-            },
-            Framing::Close => (buf.len(), false),
+        }
+        let read = tokio::select! {
+            r = s.read_response() => r,
+            _ = client_gone(c.io, c.pipelined) => return fail(Failure::Downstream),
         };
-        if first {
-            out.extend_from_slice(&buf[..take]);
-            write_downstream(io, out).await.map_err(|f| (f, false))?;
-            first = false;
-        } else if take > 0 {
-            write_downstream(io, &buf[..take])
-                .await
-                .map_err(|f| (f, true))?;
-        }
-        buf.advance(take);
-        io.flush().await.map_err(|_| (Failure::Downstream, true))?;
-        if done {
-            return Ok(true);
-        }
-        if read_some(upstream, buf, up).await.map_err(|f| (f, true))? == 0 {
-            return match framing {
-                Framing::Close => Ok(false),
-                _ => Err((Failure::Protocol, true)),
-            };
+        if let Err(e) = read {
+            return fail(Failure::of(&e));
         }
     }
 }
 
-/// The body framing of a response (RFC 9112 section 6.3), and whether the upstream will close
-/// the connection after it. `None`: framing a proxy must not guess at.
-fn framing_of(
-    status: u16,
-    head_only: bool,
-    version: Option<u8>,
-    headers: &[httparse::Header<'_>],
-) -> Option<(Framing, bool)> {
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut te = false;
-    let mut close = version == Some(0);
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value).ok()?.trim();
-            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let n: u64 = v.parse().ok()?;
-            if length.is_some_and(|l| l != n) {
-                return None;
-            }
-            length = Some(n);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            if te {
-                return None;
-            }
-            te = true;
-            chunked = std::str::from_utf8(h.value)
-                .ok()?
-                .rsplit(',')
-                .next()
-                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            let v = std::str::from_utf8(h.value).ok()?;
-            if v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")) {
-                close = true;
-            } else if version == Some(0)
-                && v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("keep-alive"))
-            {
-                close = false;
-            }
-        }
-    }
-    let framing = if head_only || status < 200 || status == 204 || status == 304 {
-        Framing::None
-    } else if te {
-        // A coding other than chunked last would have to be relayed close-delimited with its
-        // header; refuse it rather than guess.
-        if !chunked {
-            return None;
-        }
-        Framing::Chunked
-    } else if let Some(n) = length {
-        Framing::Length(n)
-    } else {
-        Framing::Close
-    };
-    Some((framing, close || framing == Framing::Close))
+/// Sends the request and reads the first response head.
+async fn send_and_read(s: &mut HttpSession, req: RequestHeader) -> pingora_error::Result<()> {
+    s.write_request_header(Box::new(req)).await?;
+    s.finish_body().await?;
+    s.read_response().await?;
+    Ok(())
 }
 
-/// The response head for the client: the upstream's status and headers minus hop-by-hop ones,
-/// with `Via`, `Date` when missing, and the framing this hop uses.
-fn downstream_head(
-    out: &mut Vec<u8>,
-    status: u16,
-    reason: Option<&str>,
-    headers: &[httparse::Header<'_>],
-    framing: Framing,
-    close: bool,
-) {
-    let reason = reason
-        .filter(|r| !r.is_empty())
-        .or_else(|| http::StatusCode::from_u16(status).ok()?.canonical_reason())
-        .unwrap_or("");
-    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
-    let mut listed = Vec::new();
-    for h in headers
+/// Extension for pingora's retry decision on a reused connection.
+trait RetryReused {
+    fn retry_reused(&self) -> bool;
+}
+
+impl RetryReused for pingora_error::RetryType {
+    fn retry_reused(&self) -> bool {
+        match self {
+            pingora_error::RetryType::ReusedOnly => true,
+            pingora_error::RetryType::Decided(b) => *b,
+        }
+    }
+}
+
+/// The upstream's framing (RFC 9112 section 6.3), from its headers as received.
+fn framing_of(resp: &ResponseHeader, head_only: bool) -> Framing {
+    let status = resp.status.as_u16();
+    if head_only || status == 204 || status == 304 || status < 200 {
+        return Framing::None;
+    }
+    if resp.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return Framing::Stream;
+    }
+    // pingora's client accepted the lengths (identical duplicates and lists included).
+    let mut lengths = resp
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
         .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-    {
-        if let Ok(v) = std::str::from_utf8(h.value) {
-            listed.extend(v.split(',').map(str::trim).filter(|t| !t.is_empty()));
-        }
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| {
+            std::str::from_utf8(t.trim_ascii())
+                .ok()?
+                .parse::<u64>()
+                .ok()
+        });
+    match lengths.next() {
+        Some(Some(n)) if lengths.all(|l| l == Some(n)) => Framing::Length(n),
+        _ => Framing::Stream,
     }
-    let mut via = None;
-    let mut date = false;
-    for h in headers {
-        let name = h.name;
-        // The framing headers stay as the upstream sent them, except a Content-Length that a
-        // chunked Transfer-Encoding overrides.
-        let te = name.eq_ignore_ascii_case("transfer-encoding");
-        if !te && (hop_by_hop(name) || listed.iter().any(|l| l.eq_ignore_ascii_case(name))) {
-            continue;
-        }
-        if framing == Framing::Chunked && name.eq_ignore_ascii_case("content-length") {
-            continue;
-        }
-        if name.eq_ignore_ascii_case("via") {
-            via.get_or_insert(h.value);
-            continue;
-        }
-        date |= name.eq_ignore_ascii_case("date");
-        push_header(out, name.as_bytes(), h.value);
-    }
-    push_via(out, via);
-    if !date {
-        push_header(out, b"Date", get_cached_date().as_bytes());
-    }
-    if close || framing == Framing::Close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
-/// Finds the end of a chunked body (RFC 9112 section 7.1) in bytes fed to it in order.
-#[derive(Debug, Default)]
-struct ChunkScan {
-    state: ChunkState,
-    /// Bytes of the current size or trailer line seen (bounded).
-    line: usize,
+/// Whether a `Transfer-Encoding` value's last coding is chunked.
+fn ends_chunked(te: &str) -> bool {
+    te.rsplit(',')
+        .next()
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    /// In a chunk-size line; the value so far.
-    #[default]
-    Size,
-    SizeValue(u64),
-    /// After `;` extensions up to the line end.
-    Ext(u64),
-    /// Chunk data left to skip.
-    Data(u64),
-    /// The CRLF after chunk data.
-    DataEnd,
-    /// In a trailer line (or the final empty line); `true` when the line has content.
-    Trailer(bool),
-}
-
-impl ChunkScan {
-    /// Scans `buf` (new bytes only, from where the last call stopped): the offset just past the
-    /// body's end when it ends within `buf`.
-    fn feed(&mut self, buf: &[u8]) -> Result<Option<usize>, ()> {
-        const MAX_LINE: usize = 4096;
-        let mut i = 0;
-        while i < buf.len() {
-            let b = buf[i];
-            match self.state {
-                ChunkState::Data(left) => {
-                    let skip = (buf.len() - i).min(left as usize);
-                    i += skip;
-                    let left = left - skip as u64;
-                    self.state = if left == 0 {
-                        ChunkState::DataEnd
-                    } else {
-                        ChunkState::Data(left)
-                    };
+/// Relays the final answer: the head with this hop's framing, then the body as it arrives.
+async fn relay(
+    upstream: &UpstreamClient,
+    c: &mut Client<'_>,
+    head: &RequestHead<'_>,
+    up: &Upstream,
+    mut s: HttpSession,
+    resp: &mut ResponseHeader,
+) -> Exchanged {
+    let status = resp.status.as_u16();
+    let framing = framing_of(resp, head.is_head());
+    headers::downstream_response(resp);
+    // The upstream's framing headers stay where they are when they suit this hop; only what
+    // must change is rewritten. pingora's client already dropped a `Content-Length` that came
+    // with `Transfer-Encoding`.
+    let has_te = resp.headers.contains_key(http::header::TRANSFER_ENCODING);
+    let mut keep_alive = c.keep_alive;
+    let mut chunked = false;
+    match framing {
+        Framing::None if status == 204 => {
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            resp.remove_header(&http::header::TRANSFER_ENCODING);
+        }
+        // What a HEAD (or 304) answer says about the representation: kept, but HTTP/1.0 has
+        // no chunks.
+        Framing::None if has_te && head.http10 => {
+            resp.remove_header(&http::header::TRANSFER_ENCODING);
+        }
+        Framing::None => {}
+        Framing::Length(n) => {
+            let lines = resp
+                .headers
+                .get_all(http::header::CONTENT_LENGTH)
+                .iter()
+                .count();
+            if lines != 1 || resp.headers[http::header::CONTENT_LENGTH] != n.to_string().as_str() {
+                let _ = resp.insert_header("Content-Length", n.to_string());
+            }
+        }
+        Framing::Stream if head.http10 => {
+            // HTTP/1.0 has no chunks: the close ends the body.
+            resp.remove_header(&http::header::TRANSFER_ENCODING);
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            keep_alive = false;
+        }
+        Framing::Stream => {
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            // pingora's client removes only the chunked coding: others stay on the body, and
+            // chunked is this hop's last.
+            let te = resp
+                .headers
+                .get(http::header::TRANSFER_ENCODING)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            match te {
+                None => {
+                    let _ = resp.insert_header("Transfer-Encoding", "chunked");
+                }
+                Some(v) if !ends_chunked(&v) => {
+                    let _ = resp.insert_header("Transfer-Encoding", format!("{v}, chunked"));
+                }
+                Some(_) => {}
+            }
+            chunked = true;
+        }
+    }
+    wire::response_head(c.out, resp, keep_alive);
+    let sent = Some(status);
+    let failed = |f: Failure| Err((f, sent));
+    if framing == Framing::None {
+        if c.io.write_all(c.out).await.is_err() || c.io.flush().await.is_err() {
+            return failed(Failure::Downstream);
+        }
+        finish_upstream(upstream, up, s).await;
+        return Ok((status, keep_alive));
+    }
+    let mut sent_bytes: u64 = 0;
+    let mut head_pending = true;
+    loop {
+        // The first body bytes usually arrived with the head: then one write carries both.
+        let chunk = if head_pending {
+            match s.read_body_ref().now_or_never() {
+                Some(r) => r,
+                None => {
+                    head_pending = false;
+                    if c.io.write_all(c.out).await.is_err() || c.io.flush().await.is_err() {
+                        return failed(Failure::Downstream);
+                    }
                     continue;
                 }
-                ChunkState::DataEnd => match b {
-                    b'\r' => {}
-                    b'\n' => {
-                        self.state = ChunkState::Size;
-                        self.line = 0;
-                    }
-                    _ => return Err(()),
-                },
-                ChunkState::Size | ChunkState::SizeValue(_) => {
-                    let v = match self.state {
-                        ChunkState::SizeValue(v) => Some(v),
-                        _ => None,
-                    };
-                    match (b, v) {
-                        (b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F', _) => {
-                            let d = (b as char).to_digit(16).ok_or(())? as u64;
-                            let v = v.unwrap_or(0).checked_mul(16).ok_or(())? + d;
-                            self.state = ChunkState::SizeValue(v);
-                        }
-                        (b';' | b' ' | b'\t', Some(v)) => self.state = ChunkState::Ext(v),
-                        (b'\r', Some(_)) => {}
-                        (b'\n', Some(v)) => self.end_size_line(v),
-                        _ => return Err(()),
-                    }
-                }
-                ChunkState::Ext(v) => {
-                    if b == b'\n' {
-                        self.end_size_line(v);
-                    }
-                }
-                ChunkState::Trailer(content) => match b {
-                    b'\n' if !content => return Ok(Some(i + 1)),
-                    b'\n' => {
-                        self.state = ChunkState::Trailer(false);
-                        self.line = 0;
-                    }
-                    b'\r' => {}
-                    _ => self.state = ChunkState::Trailer(true),
-                },
             }
-            self.line += 1;
-            if self.line > MAX_LINE {
-                return Err(());
-            }
-            i += 1;
-        }
-        Ok(None)
-    }
-
-    fn end_size_line(&mut self, size: u64) {
-        self.line = 0;
-        self.state = if size == 0 {
-            ChunkState::Trailer(false)
         } else {
-            ChunkState::Data(size)
+            tokio::select! {
+                r = s.read_body_ref() => r,
+                _ = client_gone(c.io, c.pipelined) => return failed(Failure::Downstream),
+            }
         };
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                // The cut shows: no final chunk, or fewer bytes than announced, then the close.
+                if head_pending {
+                    let _ = c.io.write_all(c.out).await;
+                }
+                let _ = c.io.flush().await;
+                return failed(Failure::of(&e));
+            }
+        };
+        let buf = if head_pending {
+            head_pending = false;
+            std::mem::take(c.out)
+        } else {
+            let mut b = std::mem::take(c.out);
+            b.clear();
+            b
+        };
+        let mut buf = buf;
+        match chunk {
+            Some(data) if !data.is_empty() => {
+                sent_bytes += data.len() as u64;
+                if chunked {
+                    let _ = write!(buf, "{:x}\r\n", data.len());
+                    buf.extend_from_slice(data);
+                    buf.extend_from_slice(b"\r\n");
+                } else {
+                    buf.extend_from_slice(data);
+                }
+            }
+            Some(_) => {}
+            None => {
+                if chunked {
+                    buf.extend_from_slice(b"0\r\n\r\n");
+                }
+                let ok = c.io.write_all(&buf).await.is_ok() && c.io.flush().await.is_ok();
+                *c.out = buf;
+                if !ok {
+                    return failed(Failure::Downstream);
+                }
+                if let Framing::Length(n) = framing {
+                    if sent_bytes != n {
+                        return failed(Failure::Protocol);
+                    }
+                }
+                finish_upstream(upstream, up, s).await;
+                return Ok((status, keep_alive));
+            }
+        }
+        let ok = c.io.write_all(&buf).await.is_ok() && c.io.flush().await.is_ok();
+        *c.out = buf;
+        if !ok {
+            return failed(Failure::Downstream);
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn end_of(parts: &[&[u8]]) -> Option<usize> {
-        let mut s = ChunkScan::default();
-        let mut offset = 0;
-        for p in parts {
-            if let Some(e) = s.feed(p).expect("valid") {
-                return Some(offset + e);
-            }
-            offset += p.len();
-        }
-        None
-    }
-
-    #[test]
-    fn chunked_bodies_end_where_they_end() {
-        let body = b"5\r\nhello\r\n3;x=y\r\nabc\r\n0\r\n\r\nNEXT";
-        assert_eq!(end_of(&[body]), Some(body.len() - 4));
-        // Split at every byte boundary.
-        for cut in 1..body.len() - 4 {
-            assert_eq!(
-                end_of(&[&body[..cut], &body[cut..]]),
-                Some(body.len() - 4),
-                "cut {cut}"
-            );
-        }
-        let trailers = b"1\r\na\r\n0\r\nX-T: 1\r\n\r\n";
-        assert_eq!(end_of(&[trailers]), Some(trailers.len()));
-        assert_eq!(end_of(&[b"5\r\nhel"]), None);
-        assert!(ChunkScan::default().feed(b"zz\r\n").is_err());
-        assert!(ChunkScan::default().feed(b"3\r\nabcX").is_err());
-    }
-
-    #[test]
-    fn framing_follows_rfc_9112() {
-        let h = |n: &'static str, v: &'static [u8]| httparse::Header { name: n, value: v };
-        assert_eq!(
-            framing_of(200, false, Some(1), &[h("Content-Length", b"5")]),
-            Some((Framing::Length(5), false))
-        );
-        assert_eq!(
-            framing_of(200, true, Some(1), &[h("Content-Length", b"5")]),
-            Some((Framing::None, false))
-        );
-        assert_eq!(
-            framing_of(
-                200,
-                false,
-                Some(1),
-                &[h("Transfer-Encoding", b"gzip, chunked")]
-            ),
-            Some((Framing::Chunked, false))
-        );
-        assert_eq!(
-            framing_of(200, false, Some(1), &[h("Transfer-Encoding", b"gzip")]),
-            None
-        );
-        assert_eq!(
-            framing_of(200, false, Some(1), &[]),
-            Some((Framing::Close, true))
-        );
-        assert_eq!(
-            framing_of(304, false, Some(1), &[h("Connection", b"close")]),
-            Some((Framing::None, true))
-        );
-        assert_eq!(
-            framing_of(
-                200,
-                false,
-                Some(1),
-                &[h("Content-Length", b"1"), h("Content-Length", b"2")]
-            ),
-            None
-        );
-        assert_eq!(
-            framing_of(200, false, Some(1), &[h("Content-Length", b"-1")]),
-            None
-        );
-    }
-
-    #[test]
-    fn response_heads_drop_hop_by_hop_and_add_via() {
-        let h = |n: &'static str, v: &'static [u8]| httparse::Header { name: n, value: v };
-        let mut out = Vec::new();
-        downstream_head(
-            &mut out,
-            200,
-            Some("OK"),
-            &[
-                h("Connection", b"keep-alive, X-Secret"),
-                h("X-Secret", b"1"),
-                h("Keep-Alive", b"timeout=5"),
-                h("Date", b"Mon, 01 Jan 2024 00:00:00 GMT"),
-                h("Content-Length", b"2"),
-            ],
-            Framing::Length(2),
-            false,
-        );
-        let text = String::from_utf8(out).unwrap();
-        assert_eq!(
-            text,
-            "HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\nContent-Length: 2\r\n\
-             Via: 1.1 pollgate\r\n\r\n"
-        );
-    }
+/// Pools the upstream connection when pingora's client finds it reusable.
+async fn finish_upstream(upstream: &UpstreamClient, up: &Upstream, s: HttpSession) {
+    upstream.release(s, up).await;
 }

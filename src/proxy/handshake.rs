@@ -1,8 +1,8 @@
 //! Telling a genuine WebSocket opening handshake (RFC 6455 section 4.2.1) from a malformed one.
 //! Malformed handshakes are refused with 400 and never reach the backend.
 
+use super::request::HeaderSource;
 use base64::Engine;
-use pingora_http::RequestHeader;
 
 /// What kind of upgrade, if any, a request asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -16,56 +16,50 @@ pub enum Upgrade {
     Invalid(&'static str),
 }
 
-fn tokens<'a>(req: &'a RequestHeader, name: &str) -> impl Iterator<Item = String> + 'a {
-    req.headers
-        .get_all(name)
-        .into_iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+/// The comma-separated tokens of every `name` header, lowercased.
+fn tokens<H: HeaderSource + ?Sized>(headers: &H, name: &'static str) -> Vec<String> {
+    headers
+        .values(name)
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(|t| String::from_utf8_lossy(t.trim_ascii()).to_ascii_lowercase())
         .filter(|t| !t.is_empty())
-        .collect::<Vec<_>>()
-        .into_iter()
+        .collect()
 }
 
-pub fn classify(req: &RequestHeader) -> Upgrade {
-    let has_upgrade = req.headers.contains_key(http::header::UPGRADE);
-    let has_ws_key = req.headers.contains_key("sec-websocket-key");
+/// Classifies a request by its method, version (`http11`) and headers.
+pub fn classify<H: HeaderSource + ?Sized>(method: &str, http11: bool, headers: &H) -> Upgrade {
+    let has_upgrade = headers.values("upgrade").next().is_some();
+    let has_ws_key = headers.values("sec-websocket-key").next().is_some();
     if !has_upgrade && !has_ws_key {
         // The common case, decided without looking at any header value.
         return Upgrade::None;
     }
-    let conn_upgrade = tokens(req, "connection").any(|t| t == "upgrade");
-    let wants_ws = tokens(req, "upgrade").any(|t| t == "websocket");
+    let conn_upgrade = tokens(headers, "connection").iter().any(|t| t == "upgrade");
+    let wants_ws = tokens(headers, "upgrade").iter().any(|t| t == "websocket");
     if has_upgrade && !wants_ws {
         return Upgrade::Other;
     }
     if !has_upgrade {
         return Upgrade::Invalid("Sec-WebSocket-Key without `Upgrade: websocket`");
     }
-    if req.method != http::Method::GET {
+    if method != "GET" {
         return Upgrade::Invalid("a WebSocket handshake must use GET");
     }
-    if req.version != http::Version::HTTP_11 {
+    if !http11 {
         return Upgrade::Invalid("a WebSocket handshake needs HTTP/1.1");
     }
     if !conn_upgrade {
         return Upgrade::Invalid("`Upgrade: websocket` without `Connection: upgrade`");
     }
-    let version: Vec<_> = req
-        .headers
-        .get_all("sec-websocket-version")
-        .iter()
-        .collect();
-    if version.len() != 1 || version[0].as_bytes() != b"13" {
+    let version: Vec<_> = headers.values("sec-websocket-version").collect();
+    if version.len() != 1 || version[0] != b"13" {
         return Upgrade::Invalid("`Sec-WebSocket-Version` must be 13");
     }
-    let keys: Vec<_> = req.headers.get_all("sec-websocket-key").iter().collect();
+    let keys: Vec<_> = headers.values("sec-websocket-key").collect();
     if keys.len() != 1 {
         return Upgrade::Invalid("exactly one `Sec-WebSocket-Key` is required");
     }
-    let key = keys[0].as_bytes();
-    match base64::engine::general_purpose::STANDARD.decode(key) {
+    match base64::engine::general_purpose::STANDARD.decode(keys[0]) {
         Ok(raw) if raw.len() == 16 => Upgrade::WebSocket,
         _ => Upgrade::Invalid("`Sec-WebSocket-Key` must be 16 bytes in base64"),
     }
@@ -74,6 +68,12 @@ pub fn classify(req: &RequestHeader) -> Upgrade {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use pingora_http::RequestHeader;
+
+    fn check(method: &str, headers: &[(&str, &str)]) -> Upgrade {
+        classify(method, true, &req(method, headers))
+    }
 
     fn req(method: &str, headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build(method, b"/ws", None).unwrap();
@@ -92,13 +92,10 @@ mod tests {
 
     #[test]
     fn accepts_a_genuine_handshake() {
-        assert_eq!(classify(&req("GET", &GOOD)), Upgrade::WebSocket);
-        assert_eq!(classify(&req("GET", &[])), Upgrade::None);
+        assert_eq!(check("GET", &GOOD), Upgrade::WebSocket);
+        assert_eq!(check("GET", &[]), Upgrade::None);
         assert_eq!(
-            classify(&req(
-                "GET",
-                &[("Connection", "Upgrade"), ("Upgrade", "h2c")]
-            )),
+            check("GET", &[("Connection", "Upgrade"), ("Upgrade", "h2c")]),
             Upgrade::Other
         );
     }
@@ -124,21 +121,21 @@ mod tests {
             h
         };
         assert!(matches!(
-            classify(&req("GET", &without("Sec-WebSocket-Key"))),
+            check("GET", &without("Sec-WebSocket-Key")),
             Upgrade::Invalid(_)
         ));
         assert!(matches!(
-            classify(&req("GET", &with("Sec-WebSocket-Key", "short"))),
+            check("GET", &with("Sec-WebSocket-Key", "short")),
             Upgrade::Invalid(_)
         ));
         assert!(matches!(
-            classify(&req("GET", &with("Sec-WebSocket-Version", "8"))),
+            check("GET", &with("Sec-WebSocket-Version", "8")),
             Upgrade::Invalid(_)
         ));
         assert!(matches!(
-            classify(&req("GET", &without("Connection"))),
+            check("GET", &without("Connection")),
             Upgrade::Invalid(_)
         ));
-        assert!(matches!(classify(&req("POST", &GOOD)), Upgrade::Invalid(_)));
+        assert!(matches!(check("POST", &GOOD), Upgrade::Invalid(_)));
     }
 }

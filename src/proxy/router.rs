@@ -2,6 +2,7 @@
 //! never choose the upstream: only the configured routes do (no open proxy).
 
 use super::access::AccessCache;
+use super::handshake::Upgrade;
 use crate::cache::Store;
 use crate::config::{Config, Matcher, Route};
 use crate::subscription::Hub;
@@ -18,13 +19,25 @@ pub struct RouteEntry {
     pub access: AccessCache,
     /// WebSocket tunnels open on this route, for its `max_websockets`.
     pub websockets: Arc<AtomicUsize>,
-    /// Idle upstream connections of the plain-proxy fast path.
-    pub pool: super::forward::Pool,
 }
 
 /// The routing table built from one config.
 pub struct Router {
     pub entries: Vec<RouteEntry>,
+}
+
+/// What to do with a request, decided by its route and its kind.
+pub enum Dispatch<'a> {
+    /// No route matches: `404`.
+    NotFound,
+    /// A malformed WebSocket handshake: `400` with the reason; it never reaches the backend.
+    BadHandshake(Match<'a>, &'static str),
+    /// A genuine WebSocket handshake: passed through to the backend (pingora's tunnel).
+    Tunnel(Match<'a>),
+    /// A GET or HEAD on a poll route: route index, its hub, the raw topic segment.
+    Poll(usize, &'a Arc<Hub>, &'a str),
+    /// Everything else: proxied to the route's upstream.
+    Proxy(Match<'a>),
 }
 
 /// A matched route and, on template routes, the raw (still percent-encoded) topic segment.
@@ -70,7 +83,6 @@ impl Router {
                         .get(&*r.name)
                         .map(|c| Arc::clone(c))
                         .unwrap_or_default(),
-                    pool: Default::default(),
                 }
             })
             .collect();
@@ -93,6 +105,24 @@ impl Router {
 
     pub fn hubs(&self) -> impl Iterator<Item = &Arc<Hub>> {
         self.entries.iter().filter_map(|e| e.hub.as_ref())
+    }
+
+    /// What a validated request is, by its route: the one decision both request paths act on.
+    pub fn dispatch<'a>(&'a self, method: &str, path: &'a str, upgrade: Upgrade) -> Dispatch<'a> {
+        let Some(m) = self.find(path) else {
+            return Dispatch::NotFound;
+        };
+        match upgrade {
+            Upgrade::Invalid(reason) => return Dispatch::BadHandshake(m, reason),
+            Upgrade::WebSocket => return Dispatch::Tunnel(m),
+            Upgrade::Other | Upgrade::None => {}
+        }
+        match (&m.entry.hub, m.topic) {
+            (Some(hub), Some(topic)) if method == "GET" || method == "HEAD" => {
+                Dispatch::Poll(m.index, hub, topic)
+            }
+            _ => Dispatch::Proxy(m),
+        }
     }
 
     pub fn find<'a>(&'a self, path: &'a str) -> Option<Match<'a>> {
@@ -153,67 +183,4 @@ fn same_poll(a: &crate::config::PollRoute, b: &crate::config::PollRoute) -> bool
         && a.reconnect_min == b.reconnect_min
         && a.reconnect_max == b.reconnect_max
         && a.cursor_param == b.cursor_param
-}
-
-/// Decodes a raw path segment into a topic: percent-decoded, valid UTF-8, 1 to 256 bytes.
-/// Borrows when there is nothing to decode (the common case on the cache-hit path).
-pub fn decode_topic(raw: &str) -> Result<std::borrow::Cow<'_, str>, &'static str> {
-    if !raw.contains('%') {
-        if raw.is_empty() {
-            return Err("empty topic");
-        }
-        if raw.len() > 256 {
-            return Err("topic longer than 256 bytes");
-        }
-        if raw.chars().any(|c| c.is_control()) {
-            return Err("topic contains control characters");
-        }
-        return Ok(std::borrow::Cow::Borrowed(raw));
-    }
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .ok_or("bad percent-encoding in topic")?;
-            let s = std::str::from_utf8(hex).map_err(|_| "bad percent-encoding in topic")?;
-            let v = u8::from_str_radix(s, 16).map_err(|_| "bad percent-encoding in topic")?;
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    if out.is_empty() {
-        return Err("empty topic");
-    }
-    if out.len() > 256 {
-        return Err("topic longer than 256 bytes");
-    }
-    let s = String::from_utf8(out).map_err(|_| "topic is not valid UTF-8")?;
-    if s.chars().any(|c| c.is_control()) {
-        return Err("topic contains control characters");
-    }
-    Ok(std::borrow::Cow::Owned(s))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topics_decode_and_are_bounded() {
-        assert_eq!(decode_topic("btc-usd").unwrap(), "btc-usd");
-        assert_eq!(decode_topic("a%20b").unwrap(), "a b");
-        assert_eq!(decode_topic("%C3%BC").unwrap(), "ü");
-        assert!(decode_topic("%ff").is_err());
-        assert!(decode_topic("%zz").is_err());
-        assert!(decode_topic("%2").is_err());
-        assert!(decode_topic(&"a".repeat(257)).is_err());
-        assert!(decode_topic(&"a".repeat(256)).is_ok());
-        assert!(decode_topic("%00").is_err());
-    }
 }

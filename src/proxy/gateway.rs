@@ -1,0 +1,340 @@
+//! The `ProxyHttp` implementation: the requests pollgate's connection loop hands to pingora
+//! (bodies, WebSocket handshakes, or everything with `fast_paths: false`). Every head it sees
+//! already passed the validator in `request.rs`.
+//!
+//! `request_filter` routes the request ([`Router::dispatch`], the same decision the connection
+//! loop makes) and either answers it itself through [`super::session`] (404, malformed
+//! handshakes, polls decided by [`super::poll`]) or lets pingora proxy it: plain requests,
+//! WebSocket handshakes (pingora relays the upgraded tunnel both ways) and poll fallbacks.
+
+use super::answer::{proxy_error_message, Answer, FALLBACK_UNAVAILABLE};
+use super::handshake;
+use super::headers;
+use super::log::{finish, Finished, Kind};
+use super::poll::{self, Outcome, PollRequest};
+use super::router::{Dispatch, RouteEntry, Router};
+use super::session;
+use super::state::GatewayState;
+use super::upstream::{self, Failure};
+use crate::limits;
+use crate::metrics::METRICS;
+use async_trait::async_trait;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The pingora proxy application.
+pub struct Gateway {
+    state: GatewayState,
+}
+
+impl Gateway {
+    pub fn new(state: GatewayState) -> Gateway {
+        Gateway { state }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    router: Option<Arc<Router>>,
+    route: Option<usize>,
+    kind: Kind,
+    /// Status of a response the gateway wrote itself.
+    status: u16,
+    tunnel_open: bool,
+    /// Global and per-route WebSocket tunnel slots, held for the tunnel's life.
+    tunnel_slots: Option<(limits::Slot, Option<limits::Slot>)>,
+}
+
+impl Ctx {
+    fn route_name(&self) -> &str {
+        self.entry().map_or("none", |e| &e.route.name)
+    }
+
+    fn entry(&self) -> Option<&RouteEntry> {
+        Some(&self.router.as_ref()?.entries[self.route?])
+    }
+}
+
+/// The request's path, query and whole target, as the client sent them.
+fn target_of(req: &RequestHeader) -> (&str, &str, Option<&str>) {
+    let target = std::str::from_utf8(req.raw_path()).unwrap_or_else(|_| req.uri.path());
+    match target.split_once('?') {
+        Some((p, q)) => (target, p, Some(q)),
+        None => (target, target, None),
+    }
+}
+
+/// Whether the request carries a body (declared length above zero, or chunked).
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes().trim_ascii() != b"0")
+}
+
+async fn answer(session: &mut Session, ctx: &mut Ctx, a: Answer) -> pingora_error::Result<bool> {
+    ctx.status = a.status;
+    session::send_answer(session, a).await?;
+    Ok(true)
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            router: None,
+            route: None,
+            kind: Kind::Proxy,
+            status: 0,
+            tunnel_open: false,
+            tunnel_slots: None,
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora_error::Result<bool> {
+        let router = self.state.router();
+        ctx.router = Some(router.clone());
+        let req = session.req_header();
+        let http10 = req.version == http::Version::HTTP_10;
+        if http10 {
+            // HTTP/1.0 has no interim answers.
+            session.set_ignore_info_resp(true);
+        }
+        let req = session.req_header().clone();
+        let (target, path, query) = target_of(&req);
+        let method = req.method.as_str();
+        let upgrade = handshake::classify(method, !http10, &req);
+        match router.dispatch(method, path, upgrade) {
+            Dispatch::NotFound => {
+                ctx.kind = Kind::Local;
+                let a = Answer::error(404, "no route matches this path").closing(has_body(&req));
+                answer(session, ctx, a).await
+            }
+            Dispatch::BadHandshake(m, reason) => {
+                ctx.kind = Kind::Local;
+                ctx.route = Some(m.index);
+                answer(session, ctx, Answer::error(400, reason).closing(true)).await
+            }
+            Dispatch::Tunnel(m) => {
+                ctx.route = Some(m.index);
+                ctx.kind = Kind::WebSocket;
+                let limits = self.state.limits();
+                let route_cap = m.entry.route.max_websockets;
+                let global = limits::try_take(&self.state.websockets, limits.max_websockets);
+                let local = match (global.is_some(), route_cap) {
+                    (true, Some(max)) => limits::try_take(&m.entry.websockets, max).map(Some),
+                    (true, None) => Some(None),
+                    (false, _) => None,
+                };
+                let (Some(g), Some(l)) = (global, local) else {
+                    METRICS
+                        .rejected
+                        .with_label_values(&[&m.entry.route.name, "max_websockets"])
+                        .inc();
+                    let a = Answer::unavailable("too many WebSocket tunnels");
+                    return answer(session, ctx, a).await;
+                };
+                ctx.tunnel_slots = Some((g, l));
+                // The client's side of an idle tunnel must outlive pingora's 60 s default read
+                // timeout, for as long as the upstream's `websocket_idle_timeout`.
+                let idle = m.entry.route.upstream.websocket_idle_timeout;
+                session.set_read_timeout(Some(idle));
+                Ok(false)
+            }
+            Dispatch::Poll(index, hub, raw_topic) => {
+                ctx.route = Some(index);
+                ctx.kind = Kind::Poll;
+                let entry = &router.entries[index];
+                let preq = PollRequest {
+                    head_only: req.method == http::Method::HEAD,
+                    has_body: has_body(&req),
+                    raw_topic,
+                    target,
+                    query,
+                    headers: &req,
+                    client_ip: session
+                        .client_addr()
+                        .and_then(|a| a.as_inet())
+                        .map(|a| a.ip()),
+                };
+                let gone = session.read_body_or_idle(true);
+                match poll::serve(hub, &entry.access, &self.state.client, &preq, gone).await {
+                    Outcome::Answer(a) => answer(session, ctx, a).await,
+                    Outcome::Gone => {
+                        ctx.status = 499;
+                        session.set_keepalive(None);
+                        Ok(true)
+                    }
+                    Outcome::Fallback => {
+                        ctx.kind = Kind::Fallback;
+                        Ok(false)
+                    }
+                }
+            }
+            Dispatch::Proxy(m) => {
+                ctx.route = Some(m.index);
+                Ok(false)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora_error::Result<Box<HttpPeer>> {
+        let Some(entry) = ctx.entry() else {
+            return Error::e_explain(ErrorType::InternalError, "no route selected");
+        };
+        let up = &entry.route.upstream;
+        let mut peer = upstream::peer(up, ctx.kind == Kind::WebSocket);
+        if !up.keepalive {
+            peer.options.idle_timeout = Some(std::time::Duration::ZERO);
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> pingora_error::Result<()> {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        let Some(entry) = ctx.entry() else {
+            return Error::e_explain(ErrorType::InternalError, "no route selected");
+        };
+        let up = &entry.route.upstream;
+        headers::upstream_request(upstream_request, client, ctx.kind == Kind::WebSocket, up);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora_error::Result<()> {
+        let status = upstream_response.status.as_u16();
+        if status == 101 && ctx.kind != Kind::WebSocket {
+            // Nobody asked for an upgrade: a backend switching protocols anyway is broken.
+            let mut e = Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "101 Switching Protocols to a request that asked for no upgrade",
+            );
+            e.esource = ErrorSource::Upstream;
+            return Err(e);
+        }
+        headers::downstream_response(upstream_response);
+        if status >= 200 && session.req_header().version == http::Version::HTTP_10 {
+            // HTTP/1.0 has no chunks: a body of unknown length is delimited by the close.
+            if upstream_response
+                .headers
+                .contains_key(http::header::TRANSFER_ENCODING)
+            {
+                upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
+                upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+                session.set_keepalive(None);
+            }
+        }
+        if ctx.kind == Kind::WebSocket && status == 101 && !ctx.tunnel_open {
+            ctx.tunnel_open = true;
+            METRICS.websocket_active.inc();
+            METRICS.websocket_total.inc();
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let failure = match e.etype() {
+            ErrorType::HTTPStatus(_) => None,
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError => Some(Failure::of(e)),
+            _ if e.esource() == &ErrorSource::Upstream => Some(Failure::of(e)),
+            _ => None,
+        };
+        let status = match (e.etype(), failure, e.esource()) {
+            (ErrorType::HTTPStatus(code), _, _) => *code,
+            (_, Some(f), _) => f.status(),
+            (etype, None, ErrorSource::Downstream) => match etype {
+                ErrorType::WriteError
+                | ErrorType::ReadError
+                | ErrorType::ConnectionClosed
+                | ErrorType::ReadTimedout
+                | ErrorType::WriteTimedout => 0,
+                _ => 400,
+            },
+            _ => 500,
+        };
+        if let (Some(f), Some(entry)) = (failure, ctx.entry()) {
+            f.count(&entry.route.upstream.name);
+        }
+        if status > 0 && session.response_written().is_none() {
+            // A poll that fell back because the cache could not answer, and then found the
+            // backend down too, is a temporary condition the client should retry.
+            let a = if ctx.kind == Kind::Fallback && (status == 502 || status == 504) {
+                Answer::unavailable(FALLBACK_UNAVAILABLE)
+            } else {
+                Answer::error(status, proxy_error_message(status))
+            }
+            .closing(true);
+            ctx.status = a.status;
+            if session::send_answer(session, a).await.is_err() {
+                tracing::debug!("could not write error response; client gone");
+            }
+        }
+        FailToProxy {
+            error_code: ctx.status.max(status),
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.tunnel_open {
+            METRICS.websocket_active.dec();
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(ctx.status);
+        let req = session.req_header();
+        let upstream = ctx
+            .entry()
+            .filter(|_| matches!(ctx.kind, Kind::Proxy | Kind::Fallback | Kind::WebSocket))
+            .map_or("-", |e| e.route.upstream.name.as_str());
+        let client = session.client_addr().map(|a| a.to_string());
+        finish(
+            &Finished {
+                client: client.as_deref(),
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                route: ctx.route_name(),
+                hub: ctx.entry().and_then(|e| e.hub.as_ref()),
+                kind: ctx.kind,
+                status,
+                elapsed: ctx.start.elapsed(),
+                upstream,
+                error: e.map(|e| e.etype().as_str()).unwrap_or(""),
+            },
+            self.state.access_log(),
+        );
+    }
+}

@@ -1,0 +1,435 @@
+//! The poll core: every poll, whichever path read it, is decided here (hit, `304`, hold until
+//! news, cursor array, fallback to the backend, refusal) and comes out as one [`Answer`] that
+//! the path only writes. See `docs/polling.md` for the semantics.
+//!
+//! A held poll waits here too. The path brings the one thing that differs, a future that
+//! finishes when its client hangs up (`client_gone`), and it is polled only while holding.
+
+mod input;
+
+pub use super::request::HeaderSource;
+pub use input::{cursor_of, etag_matches, wait_preference, PollRequest};
+
+use super::access::{AccessCache, Decision};
+use super::answer::{name, Answer, Which};
+use super::upstream::UpstreamClient;
+use crate::cache::{CacheError, CursorArg, Message, Since, SubState, Topic};
+use crate::config::{Access, Mode, PollRoute};
+use crate::metrics::METRICS;
+use crate::subscription::Hub;
+use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::sleep_until;
+
+/// How a poll ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Answer(Answer),
+    /// Not answerable from the cache (cold or too stale): the backend answers this request.
+    Fallback,
+    /// The client hung up while held; nothing to answer (logged as 499).
+    Gone,
+}
+
+/// Why a poll request is refused before the cache is consulted.
+#[derive(Debug, thiserror::Error)]
+pub enum BadPoll {
+    #[error("{0}")]
+    Topic(#[from] crate::topic::TopicError),
+    #[error("poll requests must not have a body")]
+    Body,
+    #[error("cursor `{0}` is not a valid cursor")]
+    Cursor(String),
+    #[error("bad `Prefer: wait`: {0}")]
+    Prefer(String),
+    #[error("If-None-Match is not visible ASCII")]
+    IfNoneMatch,
+}
+
+/// What a poll asked for, parsed and checked.
+struct Ask {
+    topic: String,
+    if_none_match: Option<String>,
+    cursor: Option<CursorArg>,
+    /// How long this poll may be held, already capped by the route.
+    wait: Duration,
+    prefer_applied: Option<u64>,
+}
+
+fn ask<H: HeaderSource + ?Sized>(
+    req: &PollRequest<'_, H>,
+    poll: &PollRoute,
+) -> Result<Ask, BadPoll> {
+    if req.has_body {
+        return Err(BadPoll::Body);
+    }
+    // Before anything else: a refused topic never reaches a subscription, a fallback or an
+    // auth request.
+    let topic = crate::topic::decode(req.raw_topic)?.into_owned();
+    let if_none_match = req.if_none_match()?;
+    let cursor = match poll.mode {
+        Mode::Since => cursor_of(req.query, if_none_match.as_deref(), poll)?,
+        Mode::Latest => None,
+    };
+    let (wait, prefer_applied) = wait_preference(req.headers.values("prefer"), poll)?;
+    Ok(Ask {
+        topic,
+        if_none_match,
+        cursor,
+        wait,
+        prefer_applied,
+    })
+}
+
+/// Answers one poll on `hub`'s route.
+pub async fn serve<H, G>(
+    hub: &Arc<Hub>,
+    access: &AccessCache,
+    client: &UpstreamClient,
+    req: &PollRequest<'_, H>,
+    client_gone: G,
+) -> Outcome
+where
+    H: HeaderSource + ?Sized,
+    G: Future,
+{
+    let poll = hub.poll();
+    let m = &hub.cache.metrics;
+    let ask = match ask(req, poll) {
+        Ok(a) => a,
+        Err(e) => return Outcome::Answer(Answer::error(400, &e.to_string()).closing(true)),
+    };
+    // Authorise before the topic is even created: an unauthorised client neither reads the
+    // cache nor makes the gateway subscribe.
+    if let Access::AuthRequest { path, cache_for } = &poll.access {
+        let check = access.check(client, &hub.upstream, path, *cache_for, &ask.topic, req);
+        match Box::pin(check).await {
+            Ok(Decision::Allow) => {}
+            Ok(Decision::Deny(answer)) => {
+                m.denied.inc();
+                return Outcome::Answer(answer);
+            }
+            Err(e) => {
+                tracing::warn!(route = %hub.cache.name, error = %e, "auth_request failed; refusing");
+                METRICS
+                    .upstream_errors
+                    .with_label_values(&[&hub.upstream.name, "auth_request"])
+                    .inc();
+                return Outcome::Answer(Answer::unavailable(
+                    "the authorization service is unavailable",
+                ));
+            }
+        }
+    }
+    let topic = match hub.topic(&ask.topic) {
+        Ok(t) => t,
+        Err(e) => {
+            let reason = match e {
+                CacheError::GlobalTopicLimit | CacheError::RouteTopicLimit => "max_topics",
+            };
+            return reject(hub, reason, &e.to_string());
+        }
+    };
+    let (newest, state) = topic.snapshot();
+    let newest = match newest {
+        Some(n) => n,
+        // Cold topic: give the new subscription `first_message_wait` to deliver something.
+        None => match Box::pin(first_message(&topic, poll.first_message_wait)).await {
+            Some(n) => n,
+            None => {
+                m.fallback.inc();
+                return Outcome::Fallback;
+            }
+        },
+    };
+    // Stale past `max_stale`: the backend over plain HTTP knows better than our old copy.
+    let stale = match state {
+        SubState::Down(since) if since.elapsed() > poll.max_stale => {
+            m.fallback.inc();
+            return Outcome::Fallback;
+        }
+        SubState::Down(_) => true,
+        _ => false,
+    };
+    let mut gone = std::pin::pin!(client_gone);
+    let hold = Hold {
+        hub,
+        topic: &topic,
+        wait: ask.wait,
+        gone: gone.as_mut(),
+    };
+    let answer = match poll.mode {
+        Mode::Latest => latest(hold, newest, &ask, stale).await,
+        Mode::Since => since(hold, &ask, stale).await,
+    };
+    match answer {
+        Some(a) => Outcome::Answer(a),
+        None => Outcome::Gone,
+    }
+}
+
+/// Waits up to `limit` for a cold topic's first message; `None` when the subscription failed
+/// or nothing came.
+async fn first_message(topic: &Topic, limit: Duration) -> Option<Arc<Message>> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        // Subscribe before reading, so a publish in between still wakes us.
+        let mut rx = topic.watch();
+        let (newest, state) = topic.snapshot();
+        if newest.is_some() {
+            return newest;
+        }
+        if matches!(state, SubState::Failed | SubState::Down(_)) {
+            return None;
+        }
+        tokio::select! {
+            r = rx.changed() => r.ok()?,
+            _ = sleep_until(deadline) => return None,
+        }
+    }
+}
+
+/// What a held poll needs while it waits.
+struct Hold<'a, 'g, G: Future> {
+    hub: &'a Arc<Hub>,
+    topic: &'a Arc<Topic>,
+    wait: Duration,
+    gone: Pin<&'g mut G>,
+}
+
+/// What a held poll woke up to.
+enum Woke {
+    Changed,
+    Timeout,
+    Shutdown,
+    Gone,
+}
+
+/// Waits for the topic to change (`rx` was subscribed before the caller read the cache), the
+/// deadline, the server's shutdown, or the client to hang up.
+async fn wait_change<G: Future>(
+    rx: &mut tokio::sync::watch::Receiver<u64>,
+    deadline: tokio::time::Instant,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    gone: Pin<&mut G>,
+) -> Woke {
+    if *shutdown.borrow() {
+        return Woke::Shutdown;
+    }
+    tokio::select! {
+        r = rx.changed() => if r.is_ok() { Woke::Changed } else { Woke::Shutdown },
+        _ = sleep_until(deadline) => Woke::Timeout,
+        _ = shutdown.changed() => Woke::Shutdown,
+        _ = gone => Woke::Gone,
+    }
+}
+
+/// Latest mode: the newest message, `304` when the client has it, held until a newer one when
+/// it may wait. `None`: the client left.
+async fn latest<G: Future>(
+    mut h: Hold<'_, '_, G>,
+    mut msg: Arc<Message>,
+    ask: &Ask,
+    mut stale: bool,
+) -> Option<Answer> {
+    let m = &h.hub.cache.metrics;
+    let mut close = false;
+    let mut which = Which::Ok;
+    match ask.if_none_match.as_deref() {
+        Some(inm) if etag_matches(inm, &msg.etag) => {
+            which = Which::NotModified;
+            if h.wait.is_zero() {
+                m.not_modified.inc();
+            } else {
+                let Some(slot) = h.hub.cache.try_hold(h.topic) else {
+                    return Some(reject_answer(
+                        h.hub,
+                        "max_held_polls",
+                        "too many held polls",
+                    ));
+                };
+                let deadline = tokio::time::Instant::now() + h.wait;
+                let mut shutdown = h.hub.cache.store.shutdown_signal();
+                let woke = loop {
+                    // Subscribe before reading the cache, so a publish in between is not missed.
+                    let mut rx = h.topic.watch();
+                    if let Some(n) = h.topic.latest() {
+                        msg = n;
+                    }
+                    if !etag_matches(inm, &msg.etag) {
+                        break Woke::Changed;
+                    }
+                    match wait_change(&mut rx, deadline, &mut shutdown, h.gone.as_mut()).await {
+                        Woke::Changed => continue,
+                        w => break w,
+                    }
+                };
+                drop(slot);
+                match woke {
+                    Woke::Changed => {
+                        which = Which::Ok;
+                        m.held_served.inc();
+                        m.lag.observe(msg.received.elapsed().as_secs_f64());
+                    }
+                    Woke::Gone => return None,
+                    Woke::Timeout | Woke::Shutdown => {
+                        m.held_timeout.inc();
+                        stale = matches!(h.topic.state(), SubState::Down(_));
+                        close = matches!(woke, Woke::Shutdown);
+                    }
+                }
+            }
+        }
+        _ => m.hit.inc(),
+    }
+    saved(h.hub, h.topic);
+    let age = msg.received.elapsed().as_secs();
+    let mut a = Answer::from_message(msg, which).closing(close);
+    a.push(name::AGE, HeaderValue::from(age));
+    decorate(&mut a, ask, stale);
+    Some(a)
+}
+
+/// Since mode: every cached message after the cursor as one JSON array, held until there is one
+/// when the client may wait. `None`: the client left.
+async fn since<G: Future>(mut h: Hold<'_, '_, G>, ask: &Ask, stale: bool) -> Option<Answer> {
+    let mut rx = h.topic.watch();
+    let mut got = h.topic.since(ask.cursor.as_ref());
+    let mut held = false;
+    let mut close = false;
+    if got.messages.is_empty() && !h.wait.is_zero() {
+        let Some(_slot) = h.hub.cache.try_hold(h.topic) else {
+            return Some(reject_answer(
+                h.hub,
+                "max_held_polls",
+                "too many held polls",
+            ));
+        };
+        held = true;
+        let deadline = tokio::time::Instant::now() + h.wait;
+        let mut shutdown = h.hub.cache.store.shutdown_signal();
+        loop {
+            match wait_change(&mut rx, deadline, &mut shutdown, h.gone.as_mut()).await {
+                Woke::Changed => {
+                    rx = h.topic.watch();
+                    got = h.topic.since(ask.cursor.as_ref());
+                    if !got.messages.is_empty() {
+                        break;
+                    }
+                }
+                Woke::Gone => return None,
+                Woke::Timeout => break,
+                Woke::Shutdown => {
+                    close = true;
+                    break;
+                }
+            }
+        }
+    }
+    count_since(h.hub, h.topic, &got, held);
+    let poll = h.hub.poll();
+    let (Ok(ct), Ok(cursor), Ok(etag)) = (
+        HeaderValue::from_str(&poll.content_type),
+        HeaderValue::from_str(&got.cursor),
+        HeaderValue::from_str(&format!("\"{}\"", got.cursor)),
+    ) else {
+        // An id taken from the upstream's messages that cannot be a header value.
+        tracing::warn!(route = %h.hub.cache.name, cursor = ?got.cursor, "cursor cannot be sent as a header");
+        return Some(Answer::error(500, super::answer::proxy_error_message(500)).closing(true));
+    };
+    let body = since_body(&got);
+    let mut a = Answer::new(200)
+        .header(name::CONTENT_TYPE, ct)
+        .header(name::CONTENT_LENGTH, HeaderValue::from(body.len()))
+        .header(name::CACHE_CONTROL, HeaderValue::from_static("no-cache"))
+        .header(name::ETAG, etag)
+        .header(name::POLLGATE_CURSOR, cursor)
+        .with_body(body)
+        .closing(close);
+    if got.gap {
+        a.push(name::POLLGATE_GAP, HeaderValue::from_static("true"));
+    }
+    if let Some(age) = since_age(&got, h.topic) {
+        a.push(name::AGE, HeaderValue::from(age));
+    }
+    let stale = stale || matches!(h.topic.state(), SubState::Down(_));
+    decorate(&mut a, ask, stale);
+    Some(a)
+}
+
+/// The lines every cache answer may carry after its own.
+fn decorate(a: &mut Answer, ask: &Ask, stale: bool) {
+    if stale {
+        a.push(name::POLLGATE_STALE, HeaderValue::from_static("true"));
+    }
+    if let Some(w) = ask.prefer_applied {
+        let v = HeaderValue::from_str(&format!("wait={w}")).expect("digits are a header value");
+        a.push(name::PREFERENCE_APPLIED, v);
+    }
+}
+
+/// Counts an answer that spared the backend a request.
+fn saved(hub: &Hub, topic: &Topic) {
+    hub.cache.metrics.saved.inc();
+    topic.saved.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts a since-mode answer: its outcome, the backend request it saved, its delivery lag.
+fn count_since(hub: &Hub, topic: &Topic, got: &Since, held: bool) {
+    let m = &hub.cache.metrics;
+    let outcome = match (held, got.messages.is_empty()) {
+        (true, true) => &m.held_timeout,
+        (true, false) => &m.held_served,
+        (false, true) => &m.not_modified,
+        (false, false) => &m.hit,
+    };
+    outcome.inc();
+    saved(hub, topic);
+    if held {
+        if let Some(first) = got.messages.first() {
+            m.lag.observe(first.received.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// A since-mode body: the JSON array of the messages' fragments, serialised once each.
+fn since_body(got: &Since) -> Bytes {
+    let mut body =
+        BytesMut::with_capacity(2 + got.messages.iter().map(|m| m.json.len() + 1).sum::<usize>());
+    body.extend_from_slice(b"[");
+    for (i, msg) in got.messages.iter().enumerate() {
+        if i > 0 {
+            body.extend_from_slice(b",");
+        }
+        body.extend_from_slice(&msg.json);
+    }
+    body.extend_from_slice(b"]");
+    body.freeze()
+}
+
+/// A since-mode answer's `Age`: of the newest message returned, else of the newest cached.
+fn since_age(got: &Since, topic: &Topic) -> Option<u64> {
+    got.messages
+        .last()
+        .or(topic.latest().as_ref())
+        .map(|m| m.received.elapsed().as_secs())
+}
+
+/// A refusal at a limit: counted, `503` with `Retry-After`.
+fn reject_answer(hub: &Hub, reason: &'static str, message: &str) -> Answer {
+    hub.cache.metrics.rejected_polls.inc();
+    METRICS
+        .rejected
+        .with_label_values(&[&hub.cache.name, reason])
+        .inc();
+    Answer::unavailable(message)
+}
+
+fn reject(hub: &Hub, reason: &'static str, message: &str) -> Outcome {
+    Outcome::Answer(reject_answer(hub, reason, message))
+}

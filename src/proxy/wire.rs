@@ -1,0 +1,117 @@
+//! The writer of pollgate's own HTTP/1 connections: an [`Answer`] or a relayed response head
+//! as bytes. It adds only what the connection decides (`Date`, `Connection`, the body's
+//! framing); everything else was decided before it was called.
+
+use super::answer::Answer;
+use pingora_core::protocols::http::date::get_cached_date;
+use pingora_http::ResponseHeader;
+use std::io::Write as _;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// Bodies up to this size are copied behind the head so the answer is one write.
+const COALESCE_BODY: usize = 16 * 1024;
+
+/// `HTTP/1.1 <status> <reason>`: pollgate speaks HTTP/1.1 whatever the client or the upstream
+/// spoke (an intermediary sends its own version).
+pub fn status_line(out: &mut Vec<u8>, status: u16, reason: Option<&str>) {
+    let reason = reason
+        .filter(|r| !r.is_empty())
+        .or_else(|| http::StatusCode::from_u16(status).ok()?.canonical_reason())
+        .unwrap_or("");
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+}
+
+/// `Date` and `Connection`, then the blank line that ends a head.
+pub fn end_head(out: &mut Vec<u8>, keep_alive: bool) {
+    out.extend_from_slice(b"Date: ");
+    out.extend_from_slice(get_cached_date().as_bytes());
+    out.extend_from_slice(if keep_alive {
+        b"\r\nConnection: keep-alive\r\n\r\n"
+    } else {
+        b"\r\nConnection: close\r\n\r\n"
+    });
+}
+
+/// The head of `a` into `out` (cleared first).
+pub fn answer_head(out: &mut Vec<u8>, a: &Answer, keep_alive: bool) {
+    out.clear();
+    status_line(out, a.status, None);
+    if let Some(t) = a.template() {
+        out.extend_from_slice(&t.wire);
+    }
+    for (name, value) in &a.headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    end_head(out, keep_alive && !a.close);
+}
+
+/// Writes `a` (its body too unless `head_only`); `out` is a reusable buffer.
+pub async fn send_answer(
+    io: &mut (impl AsyncWrite + Unpin),
+    out: &mut Vec<u8>,
+    a: &Answer,
+    head_only: bool,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    answer_head(out, a, keep_alive);
+    let body = if head_only || a.status == 304 || a.status == 204 {
+        &[][..]
+    } else {
+        &a.body[..]
+    };
+    if body.len() <= COALESCE_BODY {
+        out.extend_from_slice(body);
+        io.write_all(out).await?;
+    } else {
+        io.write_all(out).await?;
+        io.write_all(body).await?;
+    }
+    io.flush().await
+}
+
+/// A relayed response head: status line, the header lines (case kept), then `Date` (when the
+/// upstream sent none) and `Connection`.
+pub fn response_head(out: &mut Vec<u8>, resp: &ResponseHeader, keep_alive: bool) {
+    out.clear();
+    status_line(out, resp.status.as_u16(), resp.get_reason_phrase());
+    resp.header_to_h1_wire(out);
+    if resp.headers.contains_key(http::header::DATE) {
+        out.extend_from_slice(if keep_alive {
+            b"Connection: keep-alive\r\n\r\n"
+        } else {
+            b"Connection: close\r\n\r\n"
+        });
+    } else {
+        end_head(out, keep_alive);
+    }
+}
+
+/// An interim (1xx) head: no `Date`, no `Connection`.
+pub fn interim_head(out: &mut Vec<u8>, resp: &ResponseHeader) {
+    out.clear();
+    status_line(out, resp.status.as_u16(), resp.get_reason_phrase());
+    resp.header_to_h1_wire(out);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn answers_end_with_date_and_connection() {
+        let a = Answer::error(404, "no route")
+            .header("X-A", HeaderValue::from_static("1"))
+            .closing(true);
+        let mut out = Vec::new();
+        answer_head(&mut out, &a, true);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"));
+        assert!(text.contains("\r\nX-A: 1\r\nDate: "), "{text}");
+        assert!(text.ends_with("\r\nConnection: close\r\n\r\n"), "{text}");
+    }
+}
