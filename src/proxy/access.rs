@@ -5,7 +5,7 @@
 //! very same words.
 
 use super::answer::{name, Answer};
-use super::poll::{HeaderSource, PollRequest};
+use super::request::HeaderSource;
 use super::upstream::{Failure, UpstreamClient};
 use crate::config::Upstream;
 use bytes::{Bytes, BytesMut};
@@ -49,13 +49,23 @@ const MAX_BODY: usize = 64 * 1024;
 /// The headers a client request contributes to the auth request, in the order sent.
 const FORWARDED: [&str; 2] = ["authorization", "cookie"];
 
+/// What of a client's request goes to the auth service.
+pub struct Asker<'a, H: HeaderSource + ?Sized> {
+    /// The request target as sent (`X-Original-URI`).
+    pub target: &'a str,
+    /// `Authorization` and `Cookie` are read from these.
+    pub headers: &'a H,
+    /// `X-Forwarded-For`.
+    pub client_ip: Option<std::net::IpAddr>,
+}
+
 /// The auth request for a poll: every input the decision may depend on is in it, and the same
 /// request is what the decision is cached under.
 fn auth_request<H: HeaderSource + ?Sized>(
     up: &Upstream,
     auth_path: &str,
     topic: &str,
-    req: &PollRequest<'_, H>,
+    req: &Asker<'_, H>,
 ) -> Result<RequestHeader, AccessError> {
     let bad = |e: pingora_error::BError| AccessError::Request(e.to_string());
     let sep = if auth_path.contains('?') { '&' } else { '?' };
@@ -100,7 +110,7 @@ impl AccessCache {
         auth_path: &str,
         cache_for: Duration,
         topic: &str,
-        req: &PollRequest<'_, H>,
+        req: &Asker<'_, H>,
     ) -> Result<Decision, AccessError> {
         let head = auth_request(up, auth_path, topic, req)?;
         let key = key_of(&head);

@@ -25,8 +25,6 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Longest upstream response head relayed.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Client bytes (a pipelined request) kept while a forward is under way; past this the client
 /// is no longer watched until the answer is relayed.
 const MAX_PIPELINED: usize = 64 * 1024;
@@ -168,29 +166,39 @@ async fn exchange(
         "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
     );
     let mut retried = false;
+    let mut req = Some(req);
     let mut s = loop {
         let (mut s, reused) = match upstream.session(up).await {
             Ok(s) => s,
             Err(f) => return fail(f),
         };
+        let retriable = reused && idempotent && !retried;
+        let this = match (retriable, &mut req) {
+            (true, Some(r)) => r.clone(),
+            (false, r) => match r.take() {
+                Some(r) => r,
+                None => return fail(Failure::Protocol),
+            },
+            (true, None) => return fail(Failure::Protocol),
+        };
         let first = tokio::select! {
-            r = send_and_read(&mut s, req.clone()) => r,
+            r = send_and_read(&mut s, this) => r,
             _ = client_gone(c.io, c.pipelined) => return fail(Failure::Downstream),
         };
         match first {
             Ok(()) => break s,
-            Err(e) if reused && idempotent && !retried && e.retry.retry_reused() => retried = true,
+            Err(e) if retriable && e.retry.retry_reused() => retried = true,
             Err(e) => return fail(Failure::of(&e)),
         }
     };
     let http10 = head.http10;
     loop {
-        if s.get_headers_raw_bytes().len() > MAX_RESPONSE_HEAD {
-            return fail(Failure::Protocol);
-        }
         let Some(resp) = s.resp_header() else {
             return fail(Failure::Protocol);
         };
+        if headers::response_too_large(resp) {
+            return fail(Failure::Protocol);
+        }
         let status = resp.status.as_u16();
         if status == 101 {
             // Nobody asked for an upgrade on this path.
@@ -275,6 +283,61 @@ fn ends_chunked(te: &str) -> bool {
         .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
 }
 
+/// Sets this hop's framing headers on a relayed answer. The upstream's stay where they are
+/// when they suit this hop; only what must change is rewritten (pingora's client already
+/// dropped a `Content-Length` that came with `Transfer-Encoding`). Returns whether the client
+/// connection can stay open and whether the body goes chunked.
+fn frame_for_client(resp: &mut ResponseHeader, framing: Framing, http10: bool, keep_alive: bool) -> (bool, bool) {
+    let status = resp.status.as_u16();
+    let te = resp
+        .headers
+        .get(http::header::TRANSFER_ENCODING)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match framing {
+        Framing::None if status == 204 => {
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            resp.remove_header(&http::header::TRANSFER_ENCODING);
+            (keep_alive, false)
+        }
+        // What a HEAD (or 304) answer says about the representation is kept, but HTTP/1.0
+        // has no chunks.
+        Framing::None => {
+            if te.is_some() && http10 {
+                resp.remove_header(&http::header::TRANSFER_ENCODING);
+            }
+            (keep_alive, false)
+        }
+        Framing::Length(n) => {
+            let lines = resp.headers.get_all(http::header::CONTENT_LENGTH).iter().count();
+            if lines != 1 || resp.headers[http::header::CONTENT_LENGTH] != n.to_string().as_str() {
+                let _ = resp.insert_header("Content-Length", n.to_string());
+            }
+            (keep_alive, false)
+        }
+        Framing::Stream if http10 => {
+            // HTTP/1.0 has no chunks: the close ends the body.
+            resp.remove_header(&http::header::TRANSFER_ENCODING);
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            (false, false)
+        }
+        Framing::Stream => {
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            // pingora's client removes only the chunked coding: others stay on the body, and
+            // chunked is this hop's last.
+            match te {
+                None => {
+                    let _ = resp.insert_header("Transfer-Encoding", "chunked");
+                }
+                Some(v) if !ends_chunked(&v) => {
+                    let _ = resp.insert_header("Transfer-Encoding", format!("{v}, chunked"));
+                }
+                Some(_) => {}
+            }
+            (keep_alive, true)
+        }
+    }
+}
+
 /// Relays the final answer: the head with this hop's framing, then the body as it arrives.
 async fn relay(
     upstream: &UpstreamClient,
@@ -287,144 +350,86 @@ async fn relay(
     let status = resp.status.as_u16();
     let framing = framing_of(resp, head.is_head());
     headers::downstream_response(resp);
-    // The upstream's framing headers stay where they are when they suit this hop; only what
-    // must change is rewritten. pingora's client already dropped a `Content-Length` that came
-    // with `Transfer-Encoding`.
-    let has_te = resp.headers.contains_key(http::header::TRANSFER_ENCODING);
-    let mut keep_alive = c.keep_alive;
-    let mut chunked = false;
-    match framing {
-        Framing::None if status == 204 => {
-            resp.remove_header(&http::header::CONTENT_LENGTH);
-            resp.remove_header(&http::header::TRANSFER_ENCODING);
-        }
-        // What a HEAD (or 304) answer says about the representation: kept, but HTTP/1.0 has
-        // no chunks.
-        Framing::None if has_te && head.http10 => {
-            resp.remove_header(&http::header::TRANSFER_ENCODING);
-        }
-        Framing::None => {}
-        Framing::Length(n) => {
-            let lines = resp
-                .headers
-                .get_all(http::header::CONTENT_LENGTH)
-                .iter()
-                .count();
-            if lines != 1 || resp.headers[http::header::CONTENT_LENGTH] != n.to_string().as_str() {
-                let _ = resp.insert_header("Content-Length", n.to_string());
-            }
-        }
-        Framing::Stream if head.http10 => {
-            // HTTP/1.0 has no chunks: the close ends the body.
-            resp.remove_header(&http::header::TRANSFER_ENCODING);
-            resp.remove_header(&http::header::CONTENT_LENGTH);
-            keep_alive = false;
-        }
-        Framing::Stream => {
-            resp.remove_header(&http::header::CONTENT_LENGTH);
-            // pingora's client removes only the chunked coding: others stay on the body, and
-            // chunked is this hop's last.
-            let te = resp
-                .headers
-                .get(http::header::TRANSFER_ENCODING)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-            match te {
-                None => {
-                    let _ = resp.insert_header("Transfer-Encoding", "chunked");
-                }
-                Some(v) if !ends_chunked(&v) => {
-                    let _ = resp.insert_header("Transfer-Encoding", format!("{v}, chunked"));
-                }
-                Some(_) => {}
-            }
-            chunked = true;
-        }
-    }
+    let (keep_alive, chunked) = frame_for_client(resp, framing, head.http10, c.keep_alive);
     wire::response_head(c.out, resp, keep_alive);
-    let sent = Some(status);
-    let failed = |f: Failure| Err((f, sent));
-    if framing == Framing::None {
-        if c.io.write_all(c.out).await.is_err() || c.io.flush().await.is_err() {
-            return failed(Failure::Downstream);
+    let pumped = if framing == Framing::None {
+        flush_out(c).await
+    } else {
+        pump_body(c, &mut s, chunked).await.and_then(|sent| match framing {
+            Framing::Length(n) if sent != n => Err(Failure::Protocol),
+            _ => Ok(()),
+        })
+    };
+    match pumped {
+        Ok(()) => {
+            finish_upstream(upstream, up, s).await;
+            Ok((status, keep_alive))
         }
-        finish_upstream(upstream, up, s).await;
-        return Ok((status, keep_alive));
+        Err(f) => Err((f, Some(status))),
     }
-    let mut sent_bytes: u64 = 0;
+}
+
+/// Writes what `out` holds.
+async fn flush_out(c: &mut Client<'_>) -> Result<(), Failure> {
+    if c.io.write_all(c.out).await.is_err() || c.io.flush().await.is_err() {
+        return Err(Failure::Downstream);
+    }
+    Ok(())
+}
+
+/// Relays the body as it arrives, after the head in `c.out` (one write for both when the first
+/// bytes came with the head). Returns the body bytes relayed. On a failure the cut shows: no
+/// final chunk, or fewer bytes than announced, then the close.
+async fn pump_body(c: &mut Client<'_>, s: &mut HttpSession, chunked: bool) -> Result<u64, Failure> {
+    let mut relayed: u64 = 0;
+    // `c.out` holds the head until the first write.
     let mut head_pending = true;
     loop {
-        // The first body bytes usually arrived with the head: then one write carries both.
         let chunk = if head_pending {
             match s.read_body_ref().now_or_never() {
                 Some(r) => r,
                 None => {
                     head_pending = false;
-                    if c.io.write_all(c.out).await.is_err() || c.io.flush().await.is_err() {
-                        return failed(Failure::Downstream);
-                    }
+                    flush_out(c).await?;
                     continue;
                 }
             }
         } else {
             tokio::select! {
                 r = s.read_body_ref() => r,
-                _ = client_gone(c.io, c.pipelined) => return failed(Failure::Downstream),
+                _ = client_gone(c.io, c.pipelined) => return Err(Failure::Downstream),
             }
         };
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                // The cut shows: no final chunk, or fewer bytes than announced, then the close.
-                if head_pending {
-                    let _ = c.io.write_all(c.out).await;
-                }
-                let _ = c.io.flush().await;
-                return failed(Failure::of(&e));
-            }
-        };
-        let buf = if head_pending {
-            head_pending = false;
-            std::mem::take(c.out)
-        } else {
-            let mut b = std::mem::take(c.out);
-            b.clear();
-            b
-        };
-        let mut buf = buf;
-        match chunk {
-            Some(data) if !data.is_empty() => {
-                sent_bytes += data.len() as u64;
-                if chunked {
-                    let _ = write!(buf, "{:x}\r\n", data.len());
-                    buf.extend_from_slice(data);
-                    buf.extend_from_slice(b"\r\n");
-                } else {
-                    buf.extend_from_slice(data);
-                }
-            }
-            Some(_) => {}
-            None => {
-                if chunked {
-                    buf.extend_from_slice(b"0\r\n\r\n");
-                }
-                let ok = c.io.write_all(&buf).await.is_ok() && c.io.flush().await.is_ok();
-                *c.out = buf;
-                if !ok {
-                    return failed(Failure::Downstream);
-                }
-                if let Framing::Length(n) = framing {
-                    if sent_bytes != n {
-                        return failed(Failure::Protocol);
-                    }
-                }
-                finish_upstream(upstream, up, s).await;
-                return Ok((status, keep_alive));
-            }
+        if !head_pending {
+            c.out.clear();
         }
-        let ok = c.io.write_all(&buf).await.is_ok() && c.io.flush().await.is_ok();
-        *c.out = buf;
-        if !ok {
-            return failed(Failure::Downstream);
+        head_pending = false;
+        let done = match chunk {
+            Err(e) => {
+                let _ = flush_out(c).await;
+                return Err(Failure::of(&e));
+            }
+            Ok(Some(data)) => {
+                relayed += data.len() as u64;
+                if chunked && !data.is_empty() {
+                    let _ = write!(c.out, "{:x}\r\n", data.len());
+                    c.out.extend_from_slice(data);
+                    c.out.extend_from_slice(b"\r\n");
+                } else {
+                    c.out.extend_from_slice(data);
+                }
+                false
+            }
+            Ok(None) => {
+                if chunked {
+                    c.out.extend_from_slice(b"0\r\n\r\n");
+                }
+                true
+            }
+        };
+        flush_out(c).await?;
+        if done {
+            return Ok(relayed);
         }
     }
 }

@@ -232,6 +232,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> pingora_error::Result<()> {
         let status = upstream_response.status.as_u16();
+        if headers::response_too_large(upstream_response) {
+            let mut e = Error::explain(ErrorType::InvalidHTTPHeader, "response head over 64 KiB");
+            e.esource = ErrorSource::Upstream;
+            return Err(e);
+        }
         if status == 101 && ctx.kind != Kind::WebSocket {
             // Nobody asked for an upgrade: a backend switching protocols anyway is broken.
             let mut e = Error::explain(

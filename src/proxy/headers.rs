@@ -43,7 +43,22 @@ pub fn header_text(v: &[u8]) -> Option<&str> {
     }
 }
 
-/// Names listed in `Connection`, which are hop-by-hop for this message too.
+/// Longest upstream response head relayed to a client; past it the answer is a `502`.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Whether an upstream response head is over [`MAX_RESPONSE_HEAD`] (measured as it goes on
+/// the wire: `Name: value\r\n` per line).
+pub fn response_too_large(resp: &ResponseHeader) -> bool {
+    resp.headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        > MAX_RESPONSE_HEAD
+}
+
+/// Names listed in `Connection`, which are hop-by-hop for this message too; never the framing
+/// headers, which say where the message ends (a `Connection: Content-Length` would otherwise
+/// leave an answer without its length).
 fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
     if !headers.contains_key(http::header::CONNECTION) {
         return Vec::new();
@@ -53,7 +68,13 @@ fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .map(|t| String::from_utf8_lossy(t.trim_ascii()).to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && t != "upgrade" && t != "close" && t != "keep-alive")
+        .filter(|t| {
+            !t.is_empty()
+                && !matches!(
+                    t.as_str(),
+                    "upgrade" | "close" | "keep-alive" | "content-length" | "transfer-encoding"
+                )
+        })
         .collect()
 }
 
@@ -144,6 +165,8 @@ pub fn downstream_response(resp: &mut ResponseHeader) {
             }
         }
     }
+    // An intermediary speaks its own version (HTTP/1.0 upstreams included).
+    resp.set_version(http::Version::HTTP_11);
     let via = match resp.headers.get("via").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {VIA}"),
         None => VIA.to_string(),

@@ -10,7 +10,7 @@ mod input;
 pub use super::request::HeaderSource;
 pub use input::{cursor_of, etag_matches, wait_preference, PollRequest};
 
-use super::access::{AccessCache, Decision};
+use super::access::{AccessCache, Asker, Decision};
 use super::answer::{name, Answer, Which};
 use super::upstream::UpstreamClient;
 use crate::cache::{CacheError, CursorArg, Message, Since, SubState, Topic};
@@ -107,7 +107,12 @@ where
     // Authorise before the topic is even created: an unauthorised client neither reads the
     // cache nor makes the gateway subscribe.
     if let Access::AuthRequest { path, cache_for } = &poll.access {
-        let check = access.check(client, &hub.upstream, path, *cache_for, &ask.topic, req);
+        let asker = Asker {
+            target: req.target,
+            headers: req.headers,
+            client_ip: req.client_ip,
+        };
+        let check = access.check(client, &hub.upstream, path, *cache_for, &ask.topic, &asker);
         match Box::pin(check).await {
             Ok(Decision::Allow) => {}
             Ok(Decision::Deny(answer)) => {
