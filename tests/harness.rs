@@ -68,6 +68,26 @@ async fn the_reader_refuses_malformed_framing() {
             "closed after 5 of 10",
         ),
         (b"garbage\r\n\r\n", "not a status line"),
+        (
+            b"HTTP/1.1 200 OK\r\nX-T: a\rSet-Cookie: evil=1\r\nContent-Length: 0\r\n\r\n",
+            "bare CR",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\r\nhello\r\n0\r\n\r\n",
+            "bare CR",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n 5\r\nhello\r\n0\r\n\r\n",
+            "chunk size",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nHTTP/1.1 200 OK\r\n\r\n",
+            "trailer field line",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n folded\r\n\r\n",
+            "header field line",
+        ),
     ] {
         let got = read_all(wire, false).await;
         let last = got.last().expect("something read");

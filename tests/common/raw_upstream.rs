@@ -1,6 +1,8 @@
 //! A raw TCP upstream that answers each request head with bytes the test chooses, for probing
-//! how the gateway treats a buggy or hostile backend. It records every request head, counts
-//! accepted connections, and notices when the gateway closes a connection.
+//! how the gateway treats a buggy or hostile backend. It records every request head (skipping a
+//! `Content-Length` request body), counts accepted connections, and notices when the gateway
+//! closes a connection. `websocket_accept`/`websocket_text` let a script play a minimal
+//! WebSocket backend (a handshake answer and server frames) for poll routes.
 
 use parking_lot::Mutex;
 use std::net::SocketAddr;
@@ -20,6 +22,9 @@ pub enum Script {
     Split(Vec<u8>, Duration, Vec<u8>),
     /// Never answer; keep reading (to see the gateway close).
     Silent,
+    /// Write these bytes, then treat the connection as upgraded (a WebSocket): read and
+    /// discard until the gateway closes it.
+    Hold(Vec<u8>),
     /// Close at once.
     Close,
 }
@@ -64,9 +69,17 @@ impl RawUpstream {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut silent = false;
+                    // Request body bytes still to skip (a `Content-Length` body), so a body is
+                    // never read as the next request's head.
+                    let mut skip = 0usize;
                     loop {
+                        if skip > 0 && !buf.is_empty() {
+                            let n = skip.min(buf.len());
+                            buf.drain(..n);
+                            skip -= n;
+                        }
                         let end = buf.windows(4).position(|w| w == b"\r\n\r\n");
-                        let Some(end) = end.filter(|_| !silent) else {
+                        let Some(end) = end.filter(|_| !silent && skip == 0) else {
                             let mut chunk = [0u8; 4096];
                             match s.read(&mut chunk).await {
                                 Ok(0) | Err(_) => {
@@ -82,6 +95,7 @@ impl RawUpstream {
                         };
                         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                         buf.drain(..end + 4);
+                        skip = content_length(&head);
                         sh.heads.lock().push(head.clone());
                         match handler(&head) {
                             Script::Answer(b) => {
@@ -103,6 +117,15 @@ impl RawUpstream {
                                 }
                             }
                             Script::Silent => silent = true,
+                            Script::Hold(b) => {
+                                if s.write_all(&b).await.is_err() {
+                                    return;
+                                }
+                                let mut chunk = [0u8; 4096];
+                                while matches!(s.read(&mut chunk).await, Ok(n) if n > 0) {}
+                                sh.closed.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
                             Script::Close => return,
                         }
                     }
@@ -142,4 +165,65 @@ impl RawUpstream {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// The declared `Content-Length` of a request head (0 when absent or unreadable).
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .skip(1)
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+/// The request target of a head (`/path?query`).
+pub fn target_of(head: &str) -> &str {
+    head.split_whitespace().nth(1).unwrap_or("")
+}
+
+/// The `101` answer that completes the WebSocket handshake in `head` (RFC 6455 section 4.2.2),
+/// or `None` when the head is not a WebSocket handshake.
+pub fn websocket_accept(head: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    use sha1::Digest;
+    let key = head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("sec-websocket-key")
+            .then(|| v.trim().to_string())
+    })?;
+    let mut h = sha1::Sha1::new();
+    h.update(key.as_bytes());
+    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = base64::engine::general_purpose::STANDARD.encode(h.finalize());
+    Some(
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .into_bytes(),
+    )
+}
+
+/// One unmasked (server-to-client) WebSocket text frame.
+pub fn websocket_text(payload: &str) -> Vec<u8> {
+    let p = payload.as_bytes();
+    let mut f = vec![0x81];
+    match p.len() {
+        n if n < 126 => f.push(n as u8),
+        n if n <= u16::MAX as usize => {
+            f.push(126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(p);
+    f
 }

@@ -1,4 +1,5 @@
-//! Reading raw HTTP/1 answers by their framing, so a test never mistakes where one answer ends:
+//! Reading raw HTTP/1 answers by their framing (strictly: CRLF lines, field-syntax header and
+//! trailer lines, bare hex chunk sizes), so a test never mistakes where one answer ends:
 //! the head up to its blank line, then a `Content-Length` body, a chunked body (with trailers),
 //! or everything up to the close. Every failure names what was received.
 
@@ -121,7 +122,7 @@ impl<S: AsyncRead + Unpin> Reader<S> {
         }
     }
 
-    /// A line ending in CRLF (strict: a bare LF is an error), without its CRLF.
+    /// A line ending in CRLF (strict: a bare LF or a bare CR is an error), without its CRLF.
     async fn line(&mut self, at: &mut usize) -> Result<String, ReadError> {
         loop {
             if let Some(i) = self.buf[*at..].iter().position(|b| *b == b'\n') {
@@ -129,7 +130,13 @@ impl<S: AsyncRead + Unpin> Reader<S> {
                 if end == *at || self.buf[end - 1] != b'\r' {
                     return self.fail("a line not ending in CRLF");
                 }
-                let line = String::from_utf8_lossy(&self.buf[*at..end - 1]).into_owned();
+                let bytes = &self.buf[*at..end - 1];
+                // RFC 9112 section 2.2: a bare CR is invalid; some recipients read it as a line
+                // break, so a line carrying one could smuggle a second line past another.
+                if bytes.contains(&b'\r') {
+                    return self.fail("a bare CR inside a line");
+                }
+                let line = String::from_utf8_lossy(bytes).into_owned();
                 *at = end + 1;
                 return Ok(line);
             }
@@ -163,6 +170,9 @@ impl<S: AsyncRead + Unpin> Reader<S> {
             if line.is_empty() {
                 break;
             }
+            if !field_line(&line) {
+                return self.fail(format!("not a header field line: {line:?}"));
+            }
             head.push_str("\r\n");
             head.push_str(&line);
         }
@@ -177,15 +187,24 @@ impl<S: AsyncRead + Unpin> Reader<S> {
         } else if chunked {
             loop {
                 let size_line = self.line(&mut at).await?;
-                let hex = size_line.split(';').next().unwrap_or("").trim();
-                let Ok(size) = usize::from_str_radix(hex, 16) else {
-                    return self.fail(format!("bad chunk size line {size_line:?}"));
+                // chunk-size [ BWS ";" chunk-ext ]: hex digits first, nothing else before the `;`.
+                let hex = size_line
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim_end_matches([' ', '\t']);
+                let size = match usize::from_str_radix(hex, 16) {
+                    Ok(n) if hex.bytes().all(|b| b.is_ascii_hexdigit()) => n,
+                    _ => return self.fail(format!("bad chunk size line {size_line:?}")),
                 };
                 if size == 0 {
                     loop {
                         let t = self.line(&mut at).await?;
                         if t.is_empty() {
                             break;
+                        }
+                        if !field_line(&t) {
+                            return self.fail(format!("not a trailer field line: {t:?}"));
                         }
                         trailers.push(t);
                     }
@@ -268,6 +287,17 @@ impl<S: AsyncRead + Unpin> Reader<S> {
     pub fn pending(&self) -> &[u8] {
         &self.buf
     }
+}
+
+/// `name: value` with a token name (RFC 9110 section 5.1); no obs-fold continuation lines.
+fn field_line(line: &str) -> bool {
+    let Some((name, _)) = line.split_once(':') else {
+        return false;
+    };
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Sends `request` on a new connection and reads one final answer by its framing.
