@@ -269,8 +269,12 @@ async fn chunked_anomalies_are_not_relayed_verbatim_and_retire_their_upstream_co
             .await;
             match &got {
                 Ok(_) => {}
+                // pingora's proxy (which requests with a body take) writes the head before it
+                // reads the body: a body it then refuses shows as a cut answer, a head and the
+                // close before the final chunk, never as relayed bad framing.
+                Err(e) if kind == "post" && e.reason.starts_with("connection closed") => {}
                 Err(_) => problems.push(format!(
-                    "{what}: expected a 502 or a well-formed answer: {}",
+                    "{what}: expected a 502, a well-formed answer or a visible cut: {}",
                     show(&got)
                 )),
             }
@@ -290,7 +294,11 @@ async fn chunked_anomalies_are_not_relayed_verbatim_and_retire_their_upstream_co
             if !matches!(&got, Ok(a) if a.status == 200 && a.text() == format!("answer to {next}"))
             {
                 problems.push(format!("{what}: the next request: {}", show(&got)));
-            } else if after != before + 1 {
+            } else if after != before + 1 && name != "status-line-trailer" {
+                // pingora's client ends a chunked body at the first empty line after the last
+                // chunk and discards what came before it as trailers, so a trailer that is no
+                // field (`HTTP/1.1 200 OK`) leaves no doubt where the answer ends: its connection
+                // may be reused. Every other anomaly above is refused by the parser.
                 problems.push(format!(
                     "{what}: the next request was served on the anomaly's upstream connection \
                      (accepts {before} -> {after})"

@@ -287,7 +287,12 @@ fn ends_chunked(te: &str) -> bool {
 /// when they suit this hop; only what must change is rewritten (pingora's client already
 /// dropped a `Content-Length` that came with `Transfer-Encoding`). Returns whether the client
 /// connection can stay open and whether the body goes chunked.
-fn frame_for_client(resp: &mut ResponseHeader, framing: Framing, http10: bool, keep_alive: bool) -> (bool, bool) {
+fn frame_for_client(
+    resp: &mut ResponseHeader,
+    framing: Framing,
+    http10: bool,
+    keep_alive: bool,
+) -> (bool, bool) {
     let status = resp.status.as_u16();
     let te = resp
         .headers
@@ -308,7 +313,11 @@ fn frame_for_client(resp: &mut ResponseHeader, framing: Framing, http10: bool, k
             (keep_alive, false)
         }
         Framing::Length(n) => {
-            let lines = resp.headers.get_all(http::header::CONTENT_LENGTH).iter().count();
+            let lines = resp
+                .headers
+                .get_all(http::header::CONTENT_LENGTH)
+                .iter()
+                .count();
             if lines != 1 || resp.headers[http::header::CONTENT_LENGTH] != n.to_string().as_str() {
                 let _ = resp.insert_header("Content-Length", n.to_string());
             }
@@ -353,19 +362,21 @@ async fn relay(
     let (keep_alive, chunked) = frame_for_client(resp, framing, head.http10, c.keep_alive);
     wire::response_head(c.out, resp, keep_alive);
     let pumped = if framing == Framing::None {
-        flush_out(c).await
+        flush_out(c).await.map_err(|f| (f, true))
     } else {
-        pump_body(c, &mut s, chunked).await.and_then(|sent| match framing {
-            Framing::Length(n) if sent != n => Err(Failure::Protocol),
-            _ => Ok(()),
-        })
+        pump_body(c, &mut s, chunked)
+            .await
+            .and_then(|sent| match framing {
+                Framing::Length(n) if sent != n => Err((Failure::Protocol, true)),
+                _ => Ok(()),
+            })
     };
     match pumped {
         Ok(()) => {
             finish_upstream(upstream, up, s).await;
             Ok((status, keep_alive))
         }
-        Err(f) => Err((f, Some(status))),
+        Err((f, written)) => Err((f, written.then_some(status))),
     }
 }
 
@@ -377,60 +388,74 @@ async fn flush_out(c: &mut Client<'_>) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Relays the body as it arrives, after the head in `c.out` (one write for both when the first
-/// bytes came with the head). Returns the body bytes relayed. On a failure the cut shows: no
-/// final chunk, or fewer bytes than announced, then the close.
-async fn pump_body(c: &mut Client<'_>, s: &mut HttpSession, chunked: bool) -> Result<u64, Failure> {
+/// Body bytes gathered behind the head before the first write.
+const COALESCE: usize = 64 * 1024;
+
+/// Relays the body, after the head in `c.out`. What already arrived with the head goes out in
+/// the same write, so a body found malformed before anything was written is still a clean
+/// `502`; the rest is relayed as it arrives. Returns the body bytes relayed. Err: the failure
+/// and whether the head went out (then the cut shows: no final chunk, or fewer bytes than
+/// announced, then the close).
+async fn pump_body(
+    c: &mut Client<'_>,
+    s: &mut HttpSession,
+    chunked: bool,
+) -> Result<u64, (Failure, bool)> {
     let mut relayed: u64 = 0;
-    // `c.out` holds the head until the first write.
-    let mut head_pending = true;
-    loop {
-        let chunk = if head_pending {
-            match s.read_body_ref().now_or_never() {
-                Some(r) => r,
-                None => {
-                    head_pending = false;
-                    flush_out(c).await?;
-                    continue;
-                }
+    // Gather what is already buffered, without waiting.
+    while c.out.len() < COALESCE {
+        match s.read_body_ref().now_or_never() {
+            None => break,
+            Some(Err(e)) => return Err((Failure::of(&e), false)),
+            Some(Ok(None)) => {
+                frame_end(c.out, chunked);
+                flush_out(c).await.map_err(|f| (f, true))?;
+                return Ok(relayed);
             }
-        } else {
-            tokio::select! {
-                r = s.read_body_ref() => r,
-                _ = client_gone(c.io, c.pipelined) => return Err(Failure::Downstream),
+            Some(Ok(Some(data))) => {
+                relayed += data.len() as u64;
+                frame_data(c.out, data, chunked);
             }
-        };
-        if !head_pending {
-            c.out.clear();
         }
-        head_pending = false;
-        let done = match chunk {
-            Err(e) => {
-                let _ = flush_out(c).await;
-                return Err(Failure::of(&e));
-            }
+    }
+    flush_out(c).await.map_err(|f| (f, true))?;
+    loop {
+        let chunk = tokio::select! {
+            r = s.read_body_ref() => r,
+            _ = client_gone(c.io, c.pipelined) => return Err((Failure::Downstream, true)),
+        };
+        c.out.clear();
+        match chunk {
+            Err(e) => return Err((Failure::of(&e), true)),
             Ok(Some(data)) => {
                 relayed += data.len() as u64;
-                if chunked && !data.is_empty() {
-                    let _ = write!(c.out, "{:x}\r\n", data.len());
-                    c.out.extend_from_slice(data);
-                    c.out.extend_from_slice(b"\r\n");
-                } else {
-                    c.out.extend_from_slice(data);
-                }
-                false
+                frame_data(c.out, data, chunked);
+                flush_out(c).await.map_err(|f| (f, true))?;
             }
             Ok(None) => {
-                if chunked {
-                    c.out.extend_from_slice(b"0\r\n\r\n");
-                }
-                true
+                frame_end(c.out, chunked);
+                flush_out(c).await.map_err(|f| (f, true))?;
+                return Ok(relayed);
             }
-        };
-        flush_out(c).await?;
-        if done {
-            return Ok(relayed);
         }
+    }
+}
+
+/// Appends body bytes, as a chunk when `chunked`.
+fn frame_data(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
+    if chunked && !data.is_empty() {
+        let _ = write!(out, "{:x}\r\n", data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
+/// Appends the end of a chunked body (no trailers: pingora's client does not keep them).
+fn frame_end(out: &mut Vec<u8>, chunked: bool) {
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
     }
 }
 
