@@ -19,6 +19,9 @@ pub const DEFAULT_FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(1);
 pub const DEFAULT_IDLE_UNSUBSCRIBE: Duration = Duration::from_secs(300);
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// The largest `max_message_bytes` a route may set: what one subscription socket may buffer
+/// follows from it.
+pub const MAX_MESSAGE_BYTES_LIMIT: usize = 64 << 20;
 pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(60);
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(15);
 pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(100);

@@ -523,10 +523,13 @@ fn poll_route(
     }
 
     let max_message_bytes = k.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
-    if !(1..=super::super::subscription::HARD_FRAME_LIMIT).contains(&max_message_bytes) {
+    if !(1..=MAX_MESSAGE_BYTES_LIMIT).contains(&max_message_bytes) {
         p.add(
             &with(path, key("max_message_bytes")),
-            "must be between 1 and 64 MiB",
+            format!(
+                "must be between 1 and {} MiB",
+                MAX_MESSAGE_BYTES_LIMIT >> 20
+            ),
         );
     }
     let ping_interval = k.ping_interval.unwrap_or(DEFAULT_PING_INTERVAL);

@@ -11,7 +11,7 @@ mod shared;
 mod socket;
 
 pub use backoff::Backoff;
-pub use socket::{connect, ConnectError, HARD_FRAME_LIMIT};
+pub use socket::{connect, ConnectError};
 
 use crate::cache::{
     etag_for, json_fragment, latest_heads, pointer_cursor, CacheError, Message, RouteCache, Store,
@@ -19,6 +19,7 @@ use crate::cache::{
 };
 use crate::config::{Mode, PollRoute, Route, Upstream};
 use crate::metrics::METRICS;
+use backoff::Session;
 use bytes::Bytes;
 use dashmap::DashMap;
 use futures_util::{SinkExt, StreamExt};
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
+use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// One poll route's cache plus the subscriptions feeding it. Shared as `Arc<Hub>`.
@@ -131,6 +133,21 @@ impl Hub {
             .inc();
     }
 
+    /// Accounts for a read error of a subscription socket: a frame over the route's limit is
+    /// counted as an oversize drop like one read in full, and any broken frame marks the session
+    /// so its handshake does not reset the backoff.
+    fn read_failed(&self, e: &WsError, session: &mut Session) {
+        match socket::read_fault(e) {
+            socket::ReadFault::Oversize => {
+                self.dropped("oversize");
+                session.violated();
+            }
+            socket::ReadFault::Violation => session.violated(),
+            socket::ReadFault::Dropped => {}
+        }
+        self.upstream_error("subscription_read");
+    }
+
     /// The periodic ping of a subscription socket: `false` when the socket is stalled (no frame
     /// since `last_seen` for three ping intervals) or the ping cannot be sent.
     async fn keepalive(&self, ws: &mut socket::Socket, last_seen: Instant) -> bool {
@@ -142,12 +159,18 @@ impl Hub {
         ws.send(WsMessage::Ping(Bytes::new())).await.is_ok()
     }
 
-    /// Caches one upstream message for `topic`.
-    fn ingest(&self, topic: &Topic, data: Bytes, binary: bool, parsed: Option<serde_json::Value>) {
+    /// Caches one upstream message for `topic`; `false` when it was dropped (and counted).
+    fn ingest(
+        &self,
+        topic: &Topic,
+        data: Bytes,
+        binary: bool,
+        parsed: Option<serde_json::Value>,
+    ) -> bool {
         let poll = self.poll();
         if data.len() > poll.max_message_bytes {
             self.dropped("oversize");
-            return;
+            return false;
         }
         let needs_json = poll.payload_pointer_or_id();
         let value = match parsed {
@@ -157,17 +180,19 @@ impl Hub {
         };
         if needs_json && value.is_none() {
             self.dropped("bad_json");
-            return;
+            return false;
         }
         let payload = match (&poll.subscribe.payload_pointer, &value) {
             (Some(ptr), Some(v)) => match v.pointer(ptr) {
                 Some(part) => Bytes::from(serde_json::to_vec(part).expect("values serialise")),
                 None => {
                     self.dropped("no_payload");
-                    return;
+                    return false;
                 }
             },
-            _ => data,
+            // A copy: `data` is a slice of the socket's read buffer, and keeping it would keep
+            // the whole buffer alive for as long as the message stays cached.
+            _ => Bytes::copy_from_slice(&data),
         };
         let id = match (&poll.id_pointer, &value) {
             (Some(ptr), Some(v)) => pointer_cursor(v, ptr),
@@ -195,6 +220,7 @@ impl Hub {
             heads,
         });
         self.cache.metrics.messages.inc();
+        true
     }
 
     /// One socket for one topic, reconnecting until the topic is evicted (the task is aborted).
@@ -206,9 +232,10 @@ impl Hub {
             .replace("{topic}", &crate::topic::encode(&topic.name).to_string());
         let mut backoff = Backoff::new(poll.reconnect_min, poll.reconnect_max);
         loop {
-            match connect(&self.upstream, &path, &poll.subscribe.headers).await {
+            let up = &self.upstream;
+            match connect(up, &path, &poll.subscribe.headers, poll.max_message_bytes).await {
                 Ok(mut ws) => {
-                    backoff.reset();
+                    let mut session = Session::start();
                     let mut ok = true;
                     if let Some(send) = &poll.subscribe.send {
                         let frame = fill_topic(send, &topic.name);
@@ -218,9 +245,10 @@ impl Hub {
                         topic.set_state(SubState::Live);
                         self.cache.metrics.connected.inc();
                         let _live = scopeguard(&self.cache.metrics.connected);
-                        self.read_topic_socket(&mut ws, &topic).await;
+                        self.read_topic_socket(&mut ws, &topic, &mut session).await;
                     }
                     topic.set_state(SubState::Down(Instant::now()));
+                    backoff.ended(&session);
                 }
                 Err(e) => {
                     tracing::warn!(route = %self.cache.name, topic = %topic.name, error = %e, "subscription failed");
@@ -234,7 +262,12 @@ impl Hub {
         }
     }
 
-    async fn read_topic_socket(&self, ws: &mut socket::Socket, topic: &Topic) {
+    async fn read_topic_socket(
+        &self,
+        ws: &mut socket::Socket,
+        topic: &Topic,
+        session: &mut Session,
+    ) {
         let mut ping = tokio::time::interval(self.poll().ping_interval);
         ping.reset();
         let mut last_seen = Instant::now();
@@ -243,13 +276,21 @@ impl Hub {
                 frame = ws.next() => {
                     last_seen = Instant::now();
                     match frame {
-                        Some(Ok(WsMessage::Text(t))) => self.ingest(topic, Bytes::from(t), false, None),
-                        Some(Ok(WsMessage::Binary(b))) => self.ingest(topic, b, true, None),
+                        Some(Ok(WsMessage::Text(t))) => {
+                            if self.ingest(topic, Bytes::from(t), false, None) {
+                                session.delivered();
+                            }
+                        }
+                        Some(Ok(WsMessage::Binary(b))) => {
+                            if self.ingest(topic, b, true, None) {
+                                session.delivered();
+                            }
+                        }
                         Some(Ok(WsMessage::Close(_))) | None => return,
                         Some(Ok(_)) => {}
                         Some(Err(e)) => {
                             tracing::warn!(route = %self.cache.name, topic = %topic.name, error = %e, "subscription socket error");
-                            self.upstream_error("subscription_read");
+                            self.read_failed(&e, session);
                             return;
                         }
                     }

@@ -1,7 +1,7 @@
 //! A route's shared (multiplexed) upstream socket: one connection carries every topic of the
 //! route, subscribed with `send` frames and demultiplexed by `topic_pointer`.
 
-use super::{fill_topic, Backoff, Cmd, CmdSender, Hub};
+use super::{fill_topic, Backoff, Cmd, CmdSender, Hub, Session};
 use crate::cache::SubState;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -45,9 +45,16 @@ async fn run(hub: Arc<Hub>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
     let sub = &poll.subscribe;
     let mut backoff = Backoff::new(poll.reconnect_min, poll.reconnect_max);
     loop {
-        match super::connect(&hub.upstream, &sub.path, &sub.headers).await {
+        match super::connect(
+            &hub.upstream,
+            &sub.path,
+            &sub.headers,
+            poll.max_message_bytes,
+        )
+        .await
+        {
             Ok(mut ws) => {
-                backoff.reset();
+                let mut session = Session::start();
                 // Everything queued is covered by re-subscribing every current topic.
                 while cmds.try_recv().is_ok() {}
                 let mut ok = true;
@@ -62,13 +69,14 @@ async fn run(hub: Arc<Hub>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
                 if ok {
                     hub.cache.metrics.connected.inc();
                     let _g = super::scopeguard(&hub.cache.metrics.connected);
-                    if !serve(&hub, &mut ws, &mut cmds).await {
+                    if !serve(&hub, &mut ws, &mut cmds, &mut session).await {
                         return;
                     }
                 }
                 for t in hub.cache.topics() {
                     t.set_state(SubState::Down(Instant::now()));
                 }
+                backoff.ended(&session);
             }
             Err(e) => {
                 tracing::warn!(route = %hub.cache.name, error = %e, "shared subscription failed");
@@ -102,6 +110,7 @@ async fn serve(
     hub: &Arc<Hub>,
     ws: &mut super::socket::Socket,
     cmds: &mut mpsc::UnboundedReceiver<Cmd>,
+    session: &mut Session,
 ) -> bool {
     let poll = hub.poll();
     let sub = &poll.subscribe;
@@ -120,7 +129,7 @@ async fn serve(
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => {
                         tracing::warn!(route = %hub.cache.name, error = %e, "shared subscription socket error");
-                        hub.upstream_error("subscription_read");
+                        hub.read_failed(&e, session);
                         return true;
                     }
                 };
@@ -141,10 +150,12 @@ async fn serve(
                     }
                 };
                 match hub.cache.get(&topic_name) {
-                    Some(t) => hub.ingest(&t, data, binary, Some(value)),
-                    None => {
-                        hub.dropped("unknown_topic");
+                    Some(t) => {
+                        if hub.ingest(&t, data, binary, Some(value)) {
+                            session.delivered();
+                        }
                     }
+                    None => hub.dropped("unknown_topic"),
                 }
             }
             cmd = cmds.recv() => {

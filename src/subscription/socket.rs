@@ -4,12 +4,46 @@ use crate::config::Upstream;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
-/// Frames larger than this close the socket inside tungstenite; smaller ones above the route's
-/// `max_message_bytes` are dropped (and counted) by the hub, keeping the subscription alive.
-pub const HARD_FRAME_LIMIT: usize = 64 << 20;
+/// How far over the route's `max_message_bytes` a frame (or a fragmented message) is still read:
+/// the hub then drops and counts it and the socket stays up. A larger one is refused by
+/// tungstenite on its header, before any of its payload is buffered (tungstenite reserves a
+/// frame's announced length up front), and the socket is closed. So one socket buffers about
+/// `max_message_bytes` (at most [`crate::config::MAX_MESSAGE_BYTES_LIMIT`]) plus this.
+pub const OVERSIZE_SLACK: usize = 64 << 10;
+
+/// Read buffer per subscription socket. tungstenite zero-fills its read buffer before reading
+/// into it, so each socket keeps all of it resident (its default, 128 KiB, is 1.2 GiB for 10 000
+/// per-topic sockets); larger frames still arrive whole, over more reads.
+const READ_BUFFER_BYTES: usize = 8 << 10;
+
+/// The largest frame and message a socket of a route with `max_message_bytes` accepts.
+pub fn frame_limit(max_message_bytes: usize) -> usize {
+    max_message_bytes.saturating_add(OVERSIZE_SLACK)
+}
+
+/// What a read error says about the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFault {
+    /// A frame or message over [`frame_limit`]: refused before it was buffered.
+    Oversize,
+    /// An invalid frame (bad UTF-8, bad opcode or bits, ...): the backend is broken.
+    Violation,
+    /// The connection dropped (EOF without a close frame, reset, I/O error).
+    Dropped,
+}
+
+pub fn read_fault(e: &WsError) -> ReadFault {
+    match e {
+        WsError::Capacity(_) => ReadFault::Oversize,
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => ReadFault::Dropped,
+        WsError::Protocol(_) | WsError::Utf8(_) | WsError::AttackAttempt => ReadFault::Violation,
+        _ => ReadFault::Dropped,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -32,10 +66,12 @@ pub enum ConnectError {
 
 pub type Socket = WebSocketStream<TcpStream>;
 
+/// Opens a subscription socket whose frames are limited by the route's `max_message_bytes`.
 pub async fn connect(
     up: &Upstream,
     path: &str,
     headers: &[(String, String)],
+    max_message_bytes: usize,
 ) -> Result<Socket, ConnectError> {
     let tcp = tokio::time::timeout(up.connect_timeout, TcpStream::connect(up.socket_addr))
         .await
@@ -56,9 +92,13 @@ pub async fn connect(
             http::HeaderValue::from_str(v).map_err(|e| ConnectError::Request(e.to_string()))?;
         req.headers_mut().insert(name, value);
     }
+    // The write buffer is a flush threshold, not an allocation: every frame sent here is small
+    // and flushed at once, so its defaults cost nothing.
+    let limit = frame_limit(max_message_bytes);
     let config = WebSocketConfig::default()
-        .max_message_size(Some(HARD_FRAME_LIMIT))
-        .max_frame_size(Some(HARD_FRAME_LIMIT));
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
     let handshake = tokio_tungstenite::client_async_with_config(req, tcp, Some(config));
     let (ws, _resp) =
         tokio::time::timeout(up.connect_timeout.max(Duration::from_secs(1)), handshake)
