@@ -14,7 +14,8 @@ use std::time::Duration;
 
 pub struct AdminApp {
     pub state: GatewayState,
-    pub listen: Vec<String>,
+    /// The public listeners as bound (with the kernel's port where the config said port 0).
+    pub listen: Vec<SocketAddr>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -31,8 +32,7 @@ impl AdminApp {
     /// Ready when every public listener accepts a connection.
     async fn ready(&self) -> Result<(), String> {
         for l in &self.listen {
-            let addr: SocketAddr = l.parse().map_err(|_| format!("bad listen address {l}"))?;
-            match tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+            match tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(l))
                 .await
             {
                 Ok(Ok(_)) => {}

@@ -47,6 +47,7 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod limits;
+pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

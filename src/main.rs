@@ -101,7 +101,7 @@ fn main() -> ExitCode {
             }
             raise_open_file_limit(&config);
             eprintln!("{}", demo::banner(&addrs));
-            server::build(config, RunOptions::default()).run_forever()
+            run(config, RunOptions::default())
         }
         Some(Command::Schema) => {
             print!("{}", pollgate::config::json_schema());
@@ -147,7 +147,17 @@ fn main() -> ExitCode {
                 daemon: cli.daemon,
                 upgrade: cli.upgrade,
             };
-            server::build(config, opts).run_forever()
+            run(config, opts)
+        }
+    }
+}
+
+fn run(config: Config, opts: RunOptions) -> ExitCode {
+    match server::build(config, opts) {
+        Ok(server) => server.run_forever(),
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
         }
     }
 }

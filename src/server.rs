@@ -4,10 +4,10 @@
 use crate::admin::AdminApp;
 use crate::background::Housekeeper;
 use crate::config::Config;
+use crate::listen::Listeners;
 use crate::proxy::connection::ConnectionApp;
 use crate::proxy::{Gateway, GatewayState};
 use pingora_core::apps::http_app::HttpServer;
-use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
@@ -47,8 +47,13 @@ pub fn server_conf(config: &Config, opts: &RunOptions) -> ServerConf {
     conf
 }
 
-/// Builds the pingora server; `run_forever` on the result serves until a signal.
-pub fn build(config: Config, opts: RunOptions) -> Server {
+/// Builds the pingora server; `run_forever` on the result serves until a signal. Fails only
+/// when a port cannot be reserved for a `listen`/`metrics_listen` address with port 0.
+pub fn build(config: Config, opts: RunOptions) -> std::io::Result<Server> {
+    let listeners = Listeners::reserve(&config)?;
+    if opts.upgrade && listeners.any_picked() {
+        tracing::warn!("port 0 picks a new port: a graceful upgrade (-u) cannot take it over");
+    }
     let conf = server_conf(&config, &opts);
     let opt = Opt {
         upgrade: opts.upgrade,
@@ -70,21 +75,21 @@ pub fn build(config: Config, opts: RunOptions) -> Server {
         config.limits.client_read_buffer_bytes,
         DEFAULT_L4_WRITE_BUFFER_SIZE,
     );
-    for l in &config.listen {
+    for l in &listeners.proxy {
         proxy
             .endpoints()
-            .add_listener(ListenerConfig::tcp(l.as_str()).l4_buffer(buffers));
+            .add_listener(l.listener().l4_buffer(buffers));
     }
-    if let Some(m) = &config.metrics_listen {
+    if let Some(m) = &listeners.admin {
         let mut admin = Service::new(
             "pollgate admin".to_string(),
             HttpServer::new_app(AdminApp {
                 state: state.clone(),
-                listen: config.listen.clone(),
+                listen: listeners.proxy_addrs(),
             }),
         );
         admin.threads = Some(1);
-        admin.add_tcp(m);
+        admin.add_listener(m.listener());
         server.add_service(admin);
     }
     server.add_service(background_service(
@@ -95,5 +100,6 @@ pub fn build(config: Config, opts: RunOptions) -> Server {
         },
     ));
     server.add_service(proxy);
-    server
+    listeners.announce();
+    Ok(server)
 }

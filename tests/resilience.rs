@@ -342,10 +342,10 @@ async fn connection_and_tunnel_caps_refuse_with_503_and_spare_existing_clients()
         s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
             .await
             .unwrap();
-        let mut buf = [0u8; 512];
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-        conns.push(s);
+        let mut r = wire::Reader::new(s);
+        let a = r.answer(false).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(a.head.starts_with("HTTP/1.1 200"), "{}", r.received());
+        conns.push(r);
     }
     let (status, head, _) = get(gw.addr, "/x", &[]).await;
     assert_eq!(status, 503, "{head}");
@@ -355,13 +355,13 @@ async fn connection_and_tunnel_caps_refuse_with_503_and_spare_existing_clients()
         "{head}"
     );
     // Existing keep-alive clients are unaffected.
-    let s = &mut conns[0];
-    s.write_all(b"GET /y HTTP/1.1\r\nHost: t\r\n\r\n")
+    let r = &mut conns[0];
+    r.stream
+        .write_all(b"GET /y HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
-    let mut buf = [0u8; 512];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let a = r.answer(false).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(a.head.starts_with("HTTP/1.1 200"), "{}", r.received());
     // A closed connection frees its slot.
     conns.pop();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -614,6 +614,9 @@ async fn graceful_upgrade_hands_over_without_refusing_anyone() {
         }
         (ok, failed)
     });
+    // The new process takes the listeners over by address, so it must be told the ports the
+    // kernel picked for the old one (port 0 would pick new ones).
+    std::fs::write(&old.config_path, render(&cfg, old.addr, old.admin)).unwrap();
     let log = std::fs::File::create(dir.join("new.log")).unwrap();
     let mut new = std::process::Command::new(BIN)
         .arg("-c")
@@ -700,14 +703,15 @@ async fn slowloris_heads_are_cut_off_but_idle_keepalive_and_tunnels_are_not() {
     );
 
     // Idle keep-alive between requests is not a slow head.
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut r = wire::Reader::new(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
     for _ in 0..2 {
-        s.write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        r.stream
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
             .await
             .unwrap();
-        let mut buf = [0u8; 1024];
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        let a = r.answer(false).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(a.head.starts_with("HTTP/1.1 200"), "{}", r.received());
+        // Idle for longer than header_read_timeout before the next request.
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     // Nor is an idle WebSocket tunnel.

@@ -145,6 +145,20 @@ routes:
     }
 
     #[test]
+    fn port_zero_may_be_on_both_listeners_but_a_fixed_port_may_not() {
+        let zero = BASE
+            .replace("127.0.0.1:8080", "127.0.0.1:0")
+            .replace("127.0.0.1:9091", "127.0.0.1:0");
+        Config::from_yaml(&zero, &no_env).unwrap();
+        let same = BASE.replace("127.0.0.1:9091", "127.0.0.1:8080");
+        let err = Config::from_yaml(&same, &no_env).unwrap_err().problems();
+        assert!(
+            err[0].starts_with("metrics_listen: must differ"),
+            "{err:#?}"
+        );
+    }
+
+    #[test]
     fn unknown_upstream_names_path_and_line() {
         let y = BASE.replace(
             "upstream: backend\n  - name: default",

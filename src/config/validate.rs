@@ -59,16 +59,17 @@ pub fn validate(
         }
     }
     if let Some(m) = &file.metrics_listen {
-        if m.parse::<SocketAddr>().is_err() {
-            p.add(
+        match m.parse::<SocketAddr>() {
+            Err(_) => p.add(
                 &[key("metrics_listen")],
                 format!("`{m}` is not an ip:port address"),
-            );
-        } else if listen.contains(m) {
-            p.add(
+            ),
+            // Port 0 twice is two different ports, each picked by the kernel.
+            Ok(a) if a.port() != 0 && listen.contains(m) => p.add(
                 &[key("metrics_listen")],
                 "must differ from every `listen` address (admin endpoints are never public)",
-            );
+            ),
+            Ok(_) => {}
         }
     }
     let threads = file.threads.unwrap_or_else(|| {

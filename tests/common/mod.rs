@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pollgate");
 
-/// A free loopback port (bound, then released for the gateway to take).
+/// A loopback port nothing listens on once this returns (bound, then released): for a peer
+/// that must refuse connections, such as a dead upstream. Never for the gateway's own
+/// listeners, which the gateway picks itself (port 0) and reports.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -68,54 +70,117 @@ grace_period_seconds: 1
 graceful_shutdown_timeout_seconds: 1
 "#;
 
+/// The addresses in pollgate's start-up line, `listening proxy=ADDR[,ADDR...] [admin=ADDR]` in
+/// the human format, or `"message":"listening"` with `proxy` and `admin` fields in JSON.
+pub fn listening_addresses(log: &str) -> Option<(Vec<SocketAddr>, Option<SocketAddr>)> {
+    let parse_list =
+        |v: &str| -> Option<Vec<SocketAddr>> { v.split(',').map(|a| a.parse().ok()).collect() };
+    // Only whole lines: a line still being written could end inside a port number.
+    for line in log
+        .split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+    {
+        if line.starts_with('{') {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if v["message"] != "listening" {
+                continue;
+            }
+            let proxy = parse_list(v["proxy"].as_str()?)?;
+            let admin = match v["admin"].as_str() {
+                Some(a) => Some(a.parse().ok()?),
+                None => None,
+            };
+            return Some((proxy, admin));
+        }
+        let Some((_, fields)) = line.split_once(" listening proxy=") else {
+            continue;
+        };
+        let mut words = fields.split_whitespace();
+        let proxy = parse_list(words.next()?)?;
+        let admin = match words.next().and_then(|w| w.strip_prefix("admin=")) {
+            Some(a) => Some(a.parse().ok()?),
+            None => None,
+        };
+        return Some((proxy, admin));
+    }
+    None
+}
+
 impl Gateway {
-    /// Starts the gateway with `config` (a template with `{listen}`/`{admin}`) and waits until
-    /// `/readyz` answers 200.
+    /// Starts the gateway with `config` (a template with `{listen}`/`{admin}`), learns its
+    /// addresses from its start-up line and waits until `/readyz` answers 200.
     pub async fn start(config: &str) -> Gateway {
         Self::start_with(config, &[], &[]).await
     }
 
+    /// `{listen}` and `{admin}` become `127.0.0.1:0`: the gateway takes whatever port the
+    /// kernel gives it, so no other process can take it in between.
     pub async fn start_with(config: &str, args: &[&str], env: &[(&str, &str)]) -> Gateway {
-        let mut last_err = String::new();
-        for _ in 0..3 {
-            let dir = scratch_dir();
-            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let config_path = dir.join("pollgate.yaml");
-            std::fs::write(&config_path, render(config, addr, admin)).unwrap();
-            let log_path = dir.join("pollgate.log");
-            let log = std::fs::File::create(&log_path).unwrap();
-            let mut cmd = Command::new(BIN);
-            cmd.arg("-c").arg(&config_path).args(args);
-            for (k, v) in env {
-                cmd.env(k, v);
-            }
-            cmd.env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            );
-            let child = cmd
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log))
-                .spawn()
-                .expect("spawn pollgate");
-            let mut gw = Gateway {
-                child: Some(child),
-                addr,
-                admin,
-                config_path,
-                log_path,
-                dir,
-            };
-            match gw.wait_ready(Duration::from_secs(30)).await {
-                Ok(()) => return gw,
-                Err(e) => {
-                    last_err = format!("{e}\n--- log ---\n{}", gw.log());
-                    gw.kill();
-                }
-            }
+        let dir = scratch_dir();
+        let config_path = dir.join("pollgate.yaml");
+        let text = config
+            .replace("{listen}", "127.0.0.1:0")
+            .replace("{admin}", "127.0.0.1:0");
+        std::fs::write(&config_path, text).unwrap();
+        let log_path = dir.join("pollgate.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("-c").arg(&config_path).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
         }
-        panic!("gateway did not start: {last_err}");
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn pollgate");
+        let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (addr, admin) = loop {
+            let log = read_log();
+            match listening_addresses(&log) {
+                Some((proxy, Some(admin))) if !proxy.is_empty() => break (proxy[0], admin),
+                Some(found) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("the start-up line lacks a listener: {found:?}\n--- log ---\n{log}");
+                }
+                None => {}
+            }
+            let exited = child.try_wait().unwrap();
+            if exited.is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let why = match exited {
+                    Some(status) => format!("exited with {status}"),
+                    None => "no `listening` line within 30s".to_string(),
+                };
+                panic!("gateway did not start: {why}\n--- log ---\n{}", read_log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut gw = Gateway {
+            child: Some(child),
+            addr,
+            admin,
+            config_path,
+            log_path,
+            dir,
+        };
+        if let Err(e) = gw.wait_ready(Duration::from_secs(30)).await {
+            gw.kill();
+            panic!(
+                "gateway did not become ready: {e}\n--- log ---\n{}",
+                gw.log()
+            );
+        }
+        gw
     }
 
     async fn wait_ready(&mut self, limit: Duration) -> Result<(), String> {
