@@ -5,15 +5,17 @@
 //! - [`config`]: the YAML file (`file.rs`, serde mirror) validated into typed config
 //!   (`types.rs`); every problem carries its key path and line.
 //! - [`server`]: builds the pingora `Server` from a config: proxy service, admin service,
-//!   housekeeper.
-//! - [`proxy`]: every client connection. [`proxy::connection`] owns it from accept to close
-//!   and offers each request to the fast paths first: [`proxy::fast`] answers plain polls
-//!   straight from the cache, [`proxy::forward`] relays bodiless GET/HEAD on proxy routes
-//!   over pooled upstream connections. Everything else goes to pingora's proxy with the
-//!   `ProxyHttp` implementation ([`proxy::Gateway`]): [`proxy::router`] picks the route (first
-//!   match wins, by path only), [`proxy::handshake`] tells genuine WebSocket handshakes from
-//!   malformed ones, [`proxy::poll`] answers every kind of poll from the cache,
-//!   [`proxy::headers`] keeps hop-by-hop headers from crossing and sets `X-Forwarded-*`/`Via`.
+//!   housekeeper; [`listen`] reserves port-0 listeners and announces the bound addresses.
+//! - [`proxy`]: every client request. [`proxy::connection`] owns each connection; every head is
+//!   judged by the one validator, [`proxy::request`]; [`proxy::router`] decides what the
+//!   request is ([`proxy::router::Dispatch`]); [`proxy::poll`] decides every poll's answer
+//!   ([`proxy::answer::Answer`]), written by [`proxy::wire`] (pollgate's connections) or
+//!   [`proxy::session`] (pingora's). Bodiless requests and poll fallbacks are forwarded by
+//!   [`proxy::forward`] through [`proxy::upstream`] (pingora's HTTP/1 client and pool, also
+//!   used by [`proxy::access`] for `auth_request`); bodies and WebSocket handshakes go to
+//!   pingora's proxy with [`proxy::Gateway`]. [`proxy::headers`]: one set of hop-by-hop and
+//!   `X-Forwarded-*` rules for both.
+//! - [`topic`]: topic names (dot segments refused) and the one encoder for upstream paths.
 //! - [`cache`]: per route, a map of topics; each topic a ring of messages with a change signal.
 //! - [`subscription`]: a [`subscription::Hub`] per poll route owns its cache and the upstream
 //!   WebSocket clients that feed it (one socket per topic or one shared socket), reconnecting
@@ -26,16 +28,14 @@
 //!
 //! # One request
 //! ```text
-//! client ──► connection (slot, head deadline, keep-alive loop) ──► fast::parse (httparse)
-//!   │ plain GET/HEAD, warm topic ──► fast::serve: pre-built head or array (hit/304/held)
-//!   │ plain GET/HEAD, proxy route ──► forward::serve ──► pooled upstream connection
-//!   │ anything else (bodies, upgrades, auth_request, cold topics, errors):
-//!   └─► pingora ──► Gateway::request_filter ──► Router::find(path)
-//!               │ no route: 404 JSON          │ malformed WebSocket handshake: 400
-//!               │  poll route, GET/HEAD ──► poll::serve ──► Hub::topic (subscribe once)
-//!               │        warm: answer from Topic (hit / 304 / held until news / since-array)
-//!               │        cold or stale: fall through to the proxy (fallback)
-//!               └─► upstream_peer ──► backend (plain HTTP, fallback, or WebSocket tunnel)
+//! client ──► connection (slot, head deadline) ──► request::parse ── refused: 400/431/408
+//!   │ Router::dispatch ── not found: 404 ── malformed handshake: 400
+//!   │ poll (GET/HEAD) ──► poll::serve ──► Answer ──► wire (or session) ──► client
+//!   │     Hub::topic (subscribe once) ── warm: hit / 304 / held until news / since-array
+//!   │     cold or too stale ──► fallback ──┐
+//!   │ proxy, no body ──► forward ──────────┴──► upstream (pingora client, pooled) ──► backend
+//!   └ body or WebSocket handshake (or fast_paths: false) ──► pingora ──► Gateway
+//!         (the same dispatch, poll core and header rules) ──► backend / tunnel
 //! backend WebSocket ──► subscription ──► Hub::ingest ──► Topic::publish ──► wakes held polls
 //! ```
 
