@@ -36,6 +36,7 @@ const LATEST: &str = r#"  - name: prices
     first_message_wait: 2s
 "#;
 
+/// A latest-mode route whose legacy clients long-poll with `If-None-Match` alone (Nchan-style).
 const LATEST_LONG: &str = r#"  - name: prices
     path: "/api/prices/{topic}"
     upstream: backend
@@ -44,6 +45,7 @@ const LATEST_LONG: &str = r#"  - name: prices
       path: "/ws/prices/{topic}"
     mode: latest
     long_poll: 20s
+    hold_on: [prefer, if-none-match]
     first_message_wait: 2s
 "#;
 

@@ -580,7 +580,7 @@ async fn graceful_upgrade_hands_over_without_refusing_anyone() {
         sock.display(),
         dir.join("pid").display()
     );
-    let routes = latest_route("    long_poll: 30s\n");
+    let routes = latest_route("    long_poll: 30s\n    hold_on: [if-none-match]\n");
     // A production-like grace period: requests the old process accepted just before it stopped
     // listening get time to finish even on a loaded machine.
     let cfg = config(&up.addr.to_string(), &routes, &head)

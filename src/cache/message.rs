@@ -20,6 +20,9 @@ pub struct Message {
     /// The payload as an element of a since-mode JSON array.
     pub json: Bytes,
     pub received: Instant,
+    /// `received` as an HTTP date: the `Date` of every answer carrying this message, so that
+    /// `Date` plus `Age` is always now (RFC 9111 section 4.2.3).
+    pub date: HeaderValue,
     /// Messages may be missing right before this one (the subscription was interrupted).
     pub gap_before: bool,
     /// Latest mode: the header lines of the `200` and `304` answers for this message, built

@@ -258,6 +258,7 @@ mod tests {
             etag: String::new(),
             json: Bytes::new(),
             received: Instant::now(),
+            date: http::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
             gap_before: gap,
             heads: None,
         }

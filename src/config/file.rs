@@ -75,6 +75,8 @@ pub struct FileConfig {
     /// Extra read buffer per client connection, in bytes, 0-1048576 (default 0: none; the
     /// request parsers read into their own buffers).
     pub client_read_buffer_bytes: Option<usize>,
+    /// Cross-origin access (CORS) for every poll route, unless the route sets its own.
+    pub cors: Option<FileCors>,
     /// Named backends.
     pub upstreams: BTreeMap<String, FileUpstream>,
     /// Routes, first match wins in file order.
@@ -152,6 +154,48 @@ pub struct FileRoute {
     pub ping_interval: Option<ConfDuration>,
     /// Reconnect backoff (exponential, full jitter).
     pub reconnect: Option<FileReconnect>,
+    /// Poll routes: what starts a hold: `prefer` (`Prefer: wait=N`), `cursor` (the
+    /// `cursor_param` present), `if-none-match`, `query:NAME` (default `[prefer, cursor]`).
+    pub hold_on: Option<Vec<String>>,
+    /// Poll routes: headers added to every answer from the cache.
+    pub response_headers: Option<BTreeMap<String, String>>,
+    /// Cross-origin access (CORS): on a poll route it overrides the top-level `cors`; on a
+    /// proxy route it replaces the backend's own CORS answers.
+    pub cors: Option<FileCors>,
+    /// Poll routes: compare sampled answers from the cache with the backend's own.
+    pub shadow: Option<FileShadow>,
+}
+
+/// Cross-origin access (CORS).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileCors {
+    /// `"*"`, or a list of origins (`https://app.example.com`).
+    pub allow_origins: OneOrMany,
+    /// Request headers a page may send, besides those pollgate always allows.
+    pub allow_headers: Option<Vec<String>>,
+    /// Response headers a page may read (default `ETag`, `Age`, `Pollgate-Cursor`,
+    /// `Pollgate-Gap`).
+    pub expose_headers: Option<Vec<String>>,
+    /// Allow cookies and `Authorization` (not with `allow_origins: "*"`; default false).
+    pub allow_credentials: Option<bool>,
+    /// How long a browser may cache a preflight answer (default 10m).
+    pub max_age: Option<ConfDuration>,
+}
+
+/// Shadow verification of a poll route.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileShadow {
+    /// Share of polls also sent to the backend, 0 to 1.
+    pub sample: f64,
+    /// At most this many backend requests a second (default 10).
+    pub max_per_second: Option<u32>,
+    /// `cache` (default): answer from the cache, compare with the backend; `backend`: answer
+    /// every poll from the backend, the cache only compared.
+    pub serve: Option<String>,
+    /// Response headers compared besides status and body.
+    pub headers: Option<Vec<String>>,
 }
 
 /// Reconnect backoff bounds.

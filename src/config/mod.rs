@@ -3,12 +3,14 @@
 //! `Config::load` is the only way in: it parses, validates, and reports every problem with its
 //! key path and line, so `pollgate -t` can show an operator everything wrong in one run.
 
+mod answering;
 mod duration;
 mod file;
 mod locate;
 mod types;
 mod validate;
 
+pub use answering::{DEFAULT_CORS_MAX_AGE, DEFAULT_EXPOSE, POLL_REQUEST_HEADERS};
 pub use duration::parse_duration;
 pub use locate::{render as render_path, Seg};
 pub use types::*;

@@ -114,6 +114,63 @@ pub struct Route {
     pub max_websockets: Option<usize>,
     /// Present on `path:` routes with a `subscribe:` block.
     pub poll: Option<Arc<PollRoute>>,
+    /// Cross-origin rules: a poll route's own or the top-level default; a proxy route's own.
+    pub cors: Option<Arc<Cors>>,
+}
+
+/// Cross-origin access rules (CORS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    pub origins: Origins,
+    /// Request headers allowed in a preflight, lowercase, pollgate's own included.
+    pub allow_headers: Vec<String>,
+    /// Response headers a page may read.
+    pub expose_headers: Vec<String>,
+    pub allow_credentials: bool,
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origins {
+    /// `"*"`: any origin, no credentials.
+    Any,
+    /// Exact origins (`scheme://host[:port]`, lowercase).
+    List(Vec<String>),
+}
+
+/// What starts a hold on a poll route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldOn {
+    /// `Prefer: wait=N`.
+    pub prefer: bool,
+    /// The route's `cursor_param` in the query.
+    pub cursor: bool,
+    /// Any `If-None-Match` (what legacy long-pollers and browsers' caches both send).
+    pub if_none_match: bool,
+    /// These query parameters, present with any value.
+    pub query: Vec<String>,
+}
+
+impl Default for HoldOn {
+    fn default() -> HoldOn {
+        HoldOn {
+            prefer: true,
+            cursor: true,
+            if_none_match: false,
+            query: Vec::new(),
+        }
+    }
+}
+
+/// Shadow verification of a poll route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shadow {
+    pub sample: f64,
+    pub max_per_second: u32,
+    /// Every poll is answered by the backend; the cache is only compared.
+    pub serve_backend: bool,
+    /// Response headers compared besides status and body (lowercase).
+    pub headers: Vec<String>,
 }
 
 /// How a route matches a request path.
@@ -159,6 +216,10 @@ pub struct PollRoute {
     pub ping_interval: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    pub hold_on: HoldOn,
+    /// Added to every answer from the cache, in file order.
+    pub response_headers: Arc<[(String, http::HeaderValue)]>,
+    pub shadow: Option<Shadow>,
 }
 
 impl PollRoute {

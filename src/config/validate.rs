@@ -1,6 +1,7 @@
 //! File types to typed config: every problem is collected, each with its key path.
 
 use super::file::{FileAccess, FileConfig, FileReconnect, FileRoute, FileSubscribe, FileUpstream};
+use super::answering;
 use super::locate::Seg;
 use super::types::*;
 use std::collections::HashSet;
@@ -16,10 +17,10 @@ pub struct Problem {
 }
 
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(super) struct Problems(Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, path: &[Seg], message: impl Into<String>) {
+    pub(super) fn add(&mut self, path: &[Seg], message: impl Into<String>) {
         self.0.push(Problem {
             path: path.to_vec(),
             message: message.into(),
@@ -27,11 +28,11 @@ impl Problems {
     }
 }
 
-fn key(k: &str) -> Seg {
+pub(super) fn key(k: &str) -> Seg {
     Seg::Key(k.to_string())
 }
 
-fn with(path: &[Seg], seg: Seg) -> Vec<Seg> {
+pub(super) fn with(path: &[Seg], seg: Seg) -> Vec<Seg> {
     let mut p = path.to_vec();
     p.push(seg);
     p
@@ -130,6 +131,14 @@ pub fn validate(
         }
     }
 
+    let default_cors = file.cors.map(|c| {
+        Arc::new(answering::cors(
+            c,
+            &answering::POLL_REQUEST_HEADERS,
+            &[],
+            &mut p,
+        ))
+    });
     let mut routes = Vec::new();
     let mut names = HashSet::new();
     if file.routes.is_empty() {
@@ -143,7 +152,7 @@ pub fn validate(
                 format!("duplicate route name \"{}\"", r.name),
             );
         }
-        if let Some(route) = route(r, &path, &upstreams, env, &mut p) {
+        if let Some(route) = route(r, &path, &upstreams, default_cors.as_ref(), env, &mut p) {
             routes.push(route);
         }
     }
@@ -252,6 +261,7 @@ fn route(
     r: FileRoute,
     path: &[Seg],
     upstreams: &[Arc<Upstream>],
+    default_cors: Option<&Arc<Cors>>,
     env: &dyn Fn(&str) -> Option<String>,
     p: &mut Problems,
 ) -> Option<Route> {
@@ -292,6 +302,17 @@ fn route(
     };
 
     let is_template = matches!(matcher, Some(Matcher::Template { .. }));
+    let is_poll = r.subscribe.is_some();
+    let always_allowed: &[&str] = if is_poll {
+        &answering::POLL_REQUEST_HEADERS
+    } else {
+        &[]
+    };
+    let cors = match r.cors {
+        Some(c) => Some(Arc::new(answering::cors(c, always_allowed, path, p))),
+        None if is_poll => default_cors.cloned(),
+        None => None,
+    };
     let poll = match r.subscribe {
         Some(sub) => {
             if !is_template && matcher.is_some() {
@@ -319,6 +340,9 @@ fn route(
                     max_stale: r.max_stale.map(|d| d.0),
                     ping_interval: r.ping_interval.map(|d| d.0),
                     reconnect: r.reconnect,
+                    hold_on: r.hold_on,
+                    response_headers: r.response_headers,
+                    shadow: r.shadow,
                 },
                 path,
                 env,
@@ -343,6 +367,9 @@ fn route(
                 ("max_stale", r.max_stale.is_some()),
                 ("ping_interval", r.ping_interval.is_some()),
                 ("reconnect", r.reconnect.is_some()),
+                ("hold_on", r.hold_on.is_some()),
+                ("response_headers", r.response_headers.is_some()),
+                ("shadow", r.shadow.is_some()),
             ] {
                 if set {
                     p.add(
@@ -366,6 +393,7 @@ fn route(
         upstream: upstream?,
         max_websockets: r.max_websockets,
         poll: poll.map(Arc::new),
+        cors,
     })
 }
 
@@ -424,6 +452,9 @@ struct PollKeys {
     max_stale: Option<Duration>,
     ping_interval: Option<Duration>,
     reconnect: Option<FileReconnect>,
+    hold_on: Option<Vec<String>>,
+    response_headers: Option<std::collections::BTreeMap<String, String>>,
+    shadow: Option<super::file::FileShadow>,
 }
 
 fn pointer_ok(ptr: &str) -> bool {
@@ -599,7 +630,13 @@ fn poll_route(
             Err(e) => p.add(&hpath, e),
         }
     }
+    let hold_on = answering::hold_on(k.hold_on, mode, path, p);
+    let response_headers = answering::response_headers(k.response_headers, path, p).into();
+    let shadow = k.shadow.map(|s| answering::shadow(s, path, p));
     Some(PollRoute {
+        hold_on,
+        response_headers,
+        shadow,
         mode,
         content_type,
         history,

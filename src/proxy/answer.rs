@@ -23,15 +23,19 @@ pub mod name {
     pub const PREFERENCE_APPLIED: &str = "Preference-Applied";
 }
 
-/// One answer, complete but for `Date` and `Connection`, which the writer adds (last, in that
-/// order, as pingora's session does).
+/// One answer, complete but for `Connection` (and `Date` when the answer has none of its own),
+/// which the writer adds last, in that order, as pingora's session does.
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: u16,
     /// Header lines built once for a cached message, written first.
     pub template: Option<(Arc<Message>, Which)>,
-    /// This answer's own header lines, after the template's.
+    /// The route's `response_headers`, after the template's lines.
+    pub route_headers: Option<Arc<[(String, HeaderValue)]>>,
+    /// This answer's own header lines, after those.
     pub headers: Vec<(&'static str, HeaderValue)>,
+    /// `Date`, when the answer carries a cached message (its arrival); else the writer's now.
+    pub date: Option<HeaderValue>,
     pub body: Bytes,
     /// Close the connection after this answer (a refused request whose body was not read, or
     /// the server is shutting down).
@@ -50,7 +54,9 @@ impl Answer {
         Answer {
             status,
             template: None,
+            route_headers: None,
             headers: Vec::with_capacity(6),
+            date: None,
             body: Bytes::new(),
             close: false,
         }
@@ -68,7 +74,9 @@ impl Answer {
         };
         Answer {
             status,
+            date: Some(msg.date.clone()),
             template: Some((msg, which)),
+            route_headers: None,
             headers: Vec::with_capacity(4),
             body,
             close: false,

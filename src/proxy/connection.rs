@@ -20,7 +20,7 @@ use super::poll::{self, Outcome, PollRequest};
 use super::request::{self, Parsed, RequestHead, MAX_HEADERS};
 use super::router::{Dispatch, RouteEntry};
 use super::state::GatewayState;
-use super::{handshake, wire};
+use super::{cors, handshake, wire};
 use crate::limits;
 use crate::metrics::METRICS;
 use async_trait::async_trait;
@@ -127,6 +127,7 @@ impl ConnectionApp {
                             ip,
                             client: &client,
                             draining,
+                            cors: None,
                         };
                         (self.dispatch(&head, &mut conn, buf.len()).await, len)
                     }
@@ -165,7 +166,8 @@ impl ConnectionApp {
             handshake::Upgrade::None
         };
         let keep_alive = head.keep_alive && !c.draining;
-        match router.dispatch(head.method, head.path, upgrade) {
+        let preflight = cors::is_preflight(head.method, head);
+        match router.dispatch(head.method, head.path, upgrade, preflight) {
             Dispatch::NotFound => {
                 let a = Answer::error(404, "no route matches this path").closing(head.has_body());
                 self.local(c, head, "none", a, keep_alive, start).await
@@ -176,6 +178,15 @@ impl ConnectionApp {
                     .await
             }
             Dispatch::Tunnel(_) => Served::Pingora(head.extent(buffered)),
+            Dispatch::Preflight(m) => {
+                let Some(rules) = &m.entry.route.cors else {
+                    return Served::Close;
+                };
+                let check = cors::check_request(rules, head);
+                let a = cors::preflight(rules, &check, cors::methods(m.entry.hub.is_some()))
+                    .closing(head.has_body());
+                self.local(c, head, &m.entry.route.name, a, keep_alive, start).await
+            }
             Dispatch::Poll(index, hub, raw_topic) => {
                 let entry = &router.entries[index];
                 let req = PollRequest {
@@ -186,6 +197,7 @@ impl ConnectionApp {
                     query: head.query,
                     headers: head,
                     client_ip: c.ip,
+                    cors: entry.route.cors.as_deref(),
                 };
                 let outcome = poll::serve(
                     hub,
@@ -244,6 +256,7 @@ impl ConnectionApp {
             pipelined: c.pipelined,
             ip: c.ip,
             keep_alive,
+            cors: c.cors.take(),
         };
         // Boxed: a forward's state would otherwise sit in every connection's future, held polls
         // included.
@@ -385,6 +398,8 @@ struct Conn<'a> {
     ip: Option<IpAddr>,
     client: &'a Option<String>,
     draining: bool,
+    /// A proxy route's cross-origin rules and this request's origin, for the relayed answer.
+    cors: Option<(&'a crate::config::Cors, cors::OriginCheck)>,
 }
 
 #[async_trait]

@@ -57,6 +57,9 @@ pub struct Client<'a> {
     pub ip: Option<IpAddr>,
     /// The client may keep the connection (it asked to, and the server is not draining).
     pub keep_alive: bool,
+    /// A route with `cors`: its rules and the request's origin (the backend's CORS headers are
+    /// replaced).
+    pub cors: Option<(&'a crate::config::Cors, super::cors::OriginCheck)>,
 }
 
 /// The request head for the upstream, built the way pingora's proxy builds it from the same
@@ -359,6 +362,9 @@ async fn relay(
     let status = resp.status.as_u16();
     let framing = framing_of(resp, head.is_head());
     headers::downstream_response(resp);
+    if let Some((rules, check)) = &c.cors {
+        super::cors::relayed(resp, rules, check);
+    }
     let (keep_alive, chunked) = frame_for_client(resp, framing, head.http10, c.keep_alive);
     wire::response_head(c.out, resp, keep_alive);
     let pumped = if framing == Framing::None {

@@ -8,7 +8,7 @@
 //! WebSocket handshakes (pingora relays the upgraded tunnel both ways) and poll fallbacks.
 
 use super::answer::{proxy_error_message, Answer, FALLBACK_UNAVAILABLE};
-use super::handshake;
+use super::{cors, handshake};
 use super::headers;
 use super::log::{finish, Finished, Kind};
 use super::poll::{self, Outcome, PollRequest};
@@ -48,6 +48,8 @@ pub struct Ctx {
     tunnel_open: bool,
     /// Global and per-route WebSocket tunnel slots, held for the tunnel's life.
     tunnel_slots: Option<(limits::Slot, Option<limits::Slot>)>,
+    /// On a proxy route with `cors`: the request's origin, for the relayed answer.
+    origin: Option<cors::OriginCheck>,
 }
 
 impl Ctx {
@@ -97,6 +99,7 @@ impl ProxyHttp for Gateway {
             status: 0,
             tunnel_open: false,
             tunnel_slots: None,
+            origin: None,
         }
     }
 
@@ -117,7 +120,8 @@ impl ProxyHttp for Gateway {
         let (target, path, query) = target_of(&req);
         let method = req.method.as_str();
         let upgrade = handshake::classify(method, !http10, &req);
-        match router.dispatch(method, path, upgrade) {
+        let preflight = cors::is_preflight(method, &req);
+        match router.dispatch(method, path, upgrade, preflight) {
             Dispatch::NotFound => {
                 ctx.kind = Kind::Local;
                 let a = Answer::error(404, "no route matches this path").closing(has_body(&req));
@@ -154,6 +158,17 @@ impl ProxyHttp for Gateway {
                 session.set_read_timeout(Some(idle));
                 Ok(false)
             }
+            Dispatch::Preflight(m) => {
+                ctx.kind = Kind::Local;
+                ctx.route = Some(m.index);
+                let Some(rules) = &m.entry.route.cors else {
+                    return Error::e_explain(ErrorType::InternalError, "preflight without cors");
+                };
+                let check = cors::check_request(rules, &req);
+                let a = cors::preflight(rules, &check, cors::methods(m.entry.hub.is_some()))
+                    .closing(has_body(&req));
+                answer(session, ctx, a).await
+            }
             Dispatch::Poll(index, hub, raw_topic) => {
                 ctx.route = Some(index);
                 ctx.kind = Kind::Poll;
@@ -169,6 +184,7 @@ impl ProxyHttp for Gateway {
                         .client_addr()
                         .and_then(|a| a.as_inet())
                         .map(|a| a.ip()),
+                    cors: entry.route.cors.as_deref(),
                 };
                 let gone = session.read_body_or_idle(true);
                 match poll::serve(hub, &entry.access, &self.state.client, &preq, gone).await {
@@ -186,6 +202,15 @@ impl ProxyHttp for Gateway {
             }
             Dispatch::Proxy(m) => {
                 ctx.route = Some(m.index);
+                if let Some(rules) = &m.entry.route.cors {
+                    let check = cors::check_request(rules, &req);
+                    if check == cors::OriginCheck::Refused {
+                        ctx.kind = Kind::Local;
+                        return answer(session, ctx, cors::refused(rules).closing(has_body(&req)))
+                            .await;
+                    }
+                    ctx.origin = Some(check);
+                }
                 Ok(false)
             }
         }
@@ -247,6 +272,9 @@ impl ProxyHttp for Gateway {
             return Err(e);
         }
         headers::downstream_response(upstream_response);
+        if let (Some(check), Some(rules)) = (&ctx.origin, ctx.entry().and_then(|e| e.route.cors.as_deref())) {
+            cors::relayed(upstream_response, rules, check);
+        }
         if status >= 200 && session.req_header().version == http::Version::HTTP_10 {
             // HTTP/1.0 has no chunks: a body of unknown length is delimited by the close.
             if upstream_response

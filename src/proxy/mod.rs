@@ -18,6 +18,7 @@
 pub mod access;
 pub mod answer;
 pub mod connection;
+pub mod cors;
 pub mod forward;
 pub mod gateway;
 pub mod handshake;

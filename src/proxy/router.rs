@@ -34,6 +34,8 @@ pub enum Dispatch<'a> {
     BadHandshake(Match<'a>, &'static str),
     /// A genuine WebSocket handshake: passed through to the backend (pingora's tunnel).
     Tunnel(Match<'a>),
+    /// A CORS preflight on a route with `cors`: answered by the gateway.
+    Preflight(Match<'a>),
     /// A GET or HEAD on a poll route: route index, its hub, the raw topic segment.
     Poll(usize, &'a Arc<Hub>, &'a str),
     /// Everything else: proxied to the route's upstream.
@@ -108,10 +110,21 @@ impl Router {
     }
 
     /// What a validated request is, by its route: the one decision both request paths act on.
-    pub fn dispatch<'a>(&'a self, method: &str, path: &'a str, upgrade: Upgrade) -> Dispatch<'a> {
+    /// `preflight`: the request is a CORS preflight (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`), answered by the gateway on routes with `cors`.
+    pub fn dispatch<'a>(
+        &'a self,
+        method: &str,
+        path: &'a str,
+        upgrade: Upgrade,
+        preflight: bool,
+    ) -> Dispatch<'a> {
         let Some(m) = self.find(path) else {
             return Dispatch::NotFound;
         };
+        if preflight && m.entry.route.cors.is_some() {
+            return Dispatch::Preflight(m);
+        }
         match upgrade {
             Upgrade::Invalid(reason) => return Dispatch::BadHandshake(m, reason),
             Upgrade::WebSocket => return Dispatch::Tunnel(m),
@@ -183,4 +196,7 @@ fn same_poll(a: &crate::config::PollRoute, b: &crate::config::PollRoute) -> bool
         && a.reconnect_min == b.reconnect_min
         && a.reconnect_max == b.reconnect_max
         && a.cursor_param == b.cursor_param
+        && a.hold_on == b.hold_on
+        && a.response_headers == b.response_headers
+        && a.shadow == b.shadow
 }

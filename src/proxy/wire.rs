@@ -23,8 +23,12 @@ pub fn status_line(out: &mut Vec<u8>, status: u16, reason: Option<&str>) {
 
 /// `Date` and `Connection`, then the blank line that ends a head.
 pub fn end_head(out: &mut Vec<u8>, keep_alive: bool) {
+    end_head_dated(out, get_cached_date().as_bytes(), keep_alive);
+}
+
+fn end_head_dated(out: &mut Vec<u8>, date: &[u8], keep_alive: bool) {
     out.extend_from_slice(b"Date: ");
-    out.extend_from_slice(get_cached_date().as_bytes());
+    out.extend_from_slice(date);
     out.extend_from_slice(if keep_alive {
         b"\r\nConnection: keep-alive\r\n\r\n"
     } else {
@@ -39,13 +43,20 @@ pub fn answer_head(out: &mut Vec<u8>, a: &Answer, keep_alive: bool) {
     if let Some(t) = a.template() {
         out.extend_from_slice(&t.wire);
     }
-    for (name, value) in &a.headers {
+    let route = a.route_headers.iter().flat_map(|h| h.iter());
+    for (name, value) in route
+        .map(|(n, v)| (n.as_str(), v))
+        .chain(a.headers.iter().map(|(n, v)| (*n, v)))
+    {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    end_head(out, keep_alive && !a.close);
+    match &a.date {
+        Some(d) => end_head_dated(out, d.as_bytes(), keep_alive && !a.close),
+        None => end_head(out, keep_alive && !a.close),
+    }
 }
 
 /// Writes `a` (its body too unless `head_only`); `out` is a reusable buffer.

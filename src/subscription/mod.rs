@@ -216,6 +216,7 @@ impl Hub {
             },
             payload,
             received: Instant::now(),
+            date: pingora_core::protocols::http::date::get_cached_date(),
             gap_before,
             heads,
         });

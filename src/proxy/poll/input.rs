@@ -20,6 +20,8 @@ pub struct PollRequest<'a, H: HeaderSource + ?Sized> {
     pub query: Option<&'a str>,
     pub headers: &'a H,
     pub client_ip: Option<IpAddr>,
+    /// The route's cross-origin rules.
+    pub cors: Option<&'a crate::config::Cors>,
 }
 
 impl<H: HeaderSource + ?Sized> PollRequest<'_, H> {
@@ -80,14 +82,9 @@ pub fn cursor_of(
     }))
 }
 
-/// How long a poll may be held: `Prefer: wait=N` from any of the `Prefer` header values, capped
-/// by the route's `max_wait` (the applied value is echoed in `Preference-Applied`), else the
-/// route's `long_poll`.
-pub fn wait_preference<'a>(
-    values: impl Iterator<Item = &'a [u8]>,
-    poll: &PollRoute,
-) -> Result<(Duration, Option<u64>), BadPoll> {
-    let mut prefer_wait = None;
+/// `Prefer: wait=N` from any of the `Prefer` header values (the last `wait` wins), in seconds.
+pub fn prefer_wait<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u64>, BadPoll> {
+    let mut wait = None;
     for v in values {
         let v = header_text(v).ok_or_else(|| BadPoll::Prefer("not ASCII".into()))?;
         for pref in v.split([',', ';']) {
@@ -99,19 +96,44 @@ pub fn wait_preference<'a>(
                 let secs: u64 = n.trim().parse().map_err(|_| {
                     BadPoll::Prefer(format!("`{n}` is not a whole number of seconds"))
                 })?;
-                prefer_wait = Some(secs);
+                wait = Some(secs);
             } else if pref.eq_ignore_ascii_case("wait") {
                 return Err(BadPoll::Prefer("`wait` needs a value".into()));
             }
         }
     }
-    Ok(match prefer_wait {
-        Some(secs) => {
-            let w = Duration::from_secs(secs).min(poll.max_wait);
-            (w, Some(w.as_secs()))
-        }
-        None => (poll.long_poll, None),
+    Ok(wait)
+}
+
+/// Whether the query has the parameter `name` (with any value).
+pub fn has_param(query: Option<&str>, name: &str) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.split_once('=').map_or(pair, |(k, _)| k) == name)
     })
+}
+
+/// How long a poll may be held, and the `Preference-Applied` value. A poll is held only when
+/// it asked for a hold by one of the route's `hold_on` signals: `Prefer: wait=N` (capped by
+/// `max_wait`), else the route's cursor parameter, `If-None-Match` or a named query
+/// parameter (for `long_poll`). A browser revalidating its cache (`If-None-Match` alone) is
+/// answered at once by default.
+pub fn hold_for<H: HeaderSource + ?Sized>(
+    req: &PollRequest<'_, H>,
+    if_none_match: bool,
+    poll: &PollRoute,
+) -> Result<(Duration, Option<u64>), BadPoll> {
+    let hold = &poll.hold_on;
+    if hold.prefer {
+        if let Some(secs) = prefer_wait(req.headers.values("prefer"))? {
+            let w = Duration::from_secs(secs).min(poll.max_wait);
+            return Ok((w, Some(w.as_secs())));
+        }
+    }
+    let asked = (hold.cursor && has_param(req.query, &poll.cursor_param))
+        || (hold.if_none_match && if_none_match)
+        || hold.query.iter().any(|q| has_param(req.query, q));
+    Ok((if asked { poll.long_poll } else { Duration::ZERO }, None))
 }
 
 #[cfg(test)]

@@ -8,10 +8,11 @@
 mod input;
 
 pub use super::request::HeaderSource;
-pub use input::{cursor_of, etag_matches, wait_preference, PollRequest};
+pub use input::{cursor_of, etag_matches, hold_for, PollRequest};
 
 use super::access::{AccessCache, Asker, Decision};
 use super::answer::{name, Answer, Which};
+use super::cors::{self, OriginCheck};
 use super::upstream::UpstreamClient;
 use crate::cache::{CacheError, CursorArg, Message, Since, SubState, Topic};
 use crate::config::{Access, Mode, PollRoute};
@@ -76,7 +77,7 @@ fn ask<H: HeaderSource + ?Sized>(
         Mode::Since => cursor_of(req.query, if_none_match.as_deref(), poll)?,
         Mode::Latest => None,
     };
-    let (wait, prefer_applied) = wait_preference(req.headers.values("prefer"), poll)?;
+    let (wait, prefer_applied) = hold_for(req, if_none_match.is_some(), poll)?;
     Ok(Ask {
         topic,
         if_none_match,
@@ -88,6 +89,34 @@ fn ask<H: HeaderSource + ?Sized>(
 
 /// Answers one poll on `hub`'s route.
 pub async fn serve<H, G>(
+    hub: &Arc<Hub>,
+    access: &AccessCache,
+    client: &UpstreamClient,
+    req: &PollRequest<'_, H>,
+    client_gone: G,
+) -> Outcome
+where
+    H: HeaderSource + ?Sized,
+    G: Future,
+{
+    // An origin that may not read the route is refused before the cache is touched.
+    let origin = req.cors.map(|c| (c, cors::check_request(c, req.headers)));
+    if let Some((c, OriginCheck::Refused)) = &origin {
+        return Outcome::Answer(cors::refused(c));
+    }
+    let mut outcome = decide(hub, access, client, req, client_gone).await;
+    if let Outcome::Answer(a) = &mut outcome {
+        if a.template.is_some() || a.status == 200 {
+            a.route_headers = Some(hub.poll().response_headers.clone());
+        }
+        if let Some((c, check)) = &origin {
+            cors::decorate(a, c, check);
+        }
+    }
+    outcome
+}
+
+async fn decide<H, G>(
     hub: &Arc<Hub>,
     access: &AccessCache,
     client: &UpstreamClient,
@@ -351,7 +380,8 @@ async fn since<G: Future>(mut h: Hold<'_, '_, G>, ask: &Ask, stale: bool) -> Opt
     let mut a = Answer::new(200)
         .header(name::CONTENT_TYPE, ct)
         .header(name::CONTENT_LENGTH, HeaderValue::from(body.len()))
-        .header(name::CACHE_CONTROL, HeaderValue::from_static("no-cache"))
+        // Different cursors get different bodies under one URL: no cache may replay one.
+        .header(name::CACHE_CONTROL, HeaderValue::from_static("no-store"))
         .header(name::ETAG, etag)
         .header(name::POLLGATE_CURSOR, cursor)
         .with_body(body)
@@ -359,8 +389,9 @@ async fn since<G: Future>(mut h: Hold<'_, '_, G>, ask: &Ask, stale: bool) -> Opt
     if got.gap {
         a.push(name::POLLGATE_GAP, HeaderValue::from_static("true"));
     }
-    if let Some(age) = since_age(&got, h.topic) {
-        a.push(name::AGE, HeaderValue::from(age));
+    if let Some(m) = got.messages.last().cloned().or_else(|| h.topic.latest()) {
+        a.push(name::AGE, HeaderValue::from(m.received.elapsed().as_secs()));
+        a.date = Some(m.date.clone());
     }
     let stale = stale || matches!(h.topic.state(), SubState::Down(_));
     decorate(&mut a, ask, stale);
@@ -415,14 +446,6 @@ fn since_body(got: &Since) -> Bytes {
     }
     body.extend_from_slice(b"]");
     body.freeze()
-}
-
-/// A since-mode answer's `Age`: of the newest message returned, else of the newest cached.
-fn since_age(got: &Since, topic: &Topic) -> Option<u64> {
-    got.messages
-        .last()
-        .or(topic.latest().as_ref())
-        .map(|m| m.received.elapsed().as_secs())
 }
 
 /// A refusal at a limit: counted, `503` with `Retry-After`.
