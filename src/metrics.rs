@@ -28,6 +28,8 @@ pub struct Metrics {
     pub upstream_connected: IntGaugeVec,
     pub rejected: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    pub fallback_requests: IntCounterVec,
+    pub fallback_collapsed: IntCounterVec,
 }
 
 /// The process-wide metrics.
@@ -176,6 +178,18 @@ impl Metrics {
                 "pollgate_config_reloads_total",
                 "Configuration reloads by result",
                 &["result"],
+            ),
+            fallback_requests: counter_vec(
+                &r,
+                "pollgate_fallback_requests_total",
+                "Poll fallbacks that reached the backend (one per flight of collapsed polls)",
+                &["route"],
+            ),
+            fallback_collapsed: counter_vec(
+                &r,
+                "pollgate_fallback_collapsed_total",
+                "Poll fallbacks answered by another poll's backend request (collapsed)",
+                &["route"],
             ),
             registry: r,
         }

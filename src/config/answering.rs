@@ -124,7 +124,10 @@ pub fn cors(c: FileCors, always_allowed: &[&str], path: &[Seg], p: &mut Problems
                 }
             }
             if out.is_empty() && list.is_empty() {
-                p.add(&with(&path, key("allow_origins")), "list at least one origin, or \"*\"");
+                p.add(
+                    &with(&path, key("allow_origins")),
+                    "list at least one origin, or \"*\"",
+                );
             }
             Origins::List(out)
         }
@@ -173,7 +176,9 @@ fn origin_ok(o: &str) -> bool {
     };
     let rest = rest.trim_end_matches('/');
     !scheme.is_empty()
-        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
         && !rest.is_empty()
         && !rest.contains(['/', '?', '#', '@', ' '])
         && http::uri::Authority::try_from(rest).is_ok()
@@ -202,7 +207,10 @@ pub fn shadow(s: FileShadow, path: &[Seg], p: &mut Problems) -> Shadow {
     let mut headers = Vec::new();
     for (i, h) in s.headers.unwrap_or_default().iter().enumerate() {
         if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-            p.add(&with(&with(&path, key("headers")), Seg::Index(i)), "not a valid header name");
+            p.add(
+                &with(&with(&path, key("headers")), Seg::Index(i)),
+                "not a valid header name",
+            );
         } else {
             headers.push(h.to_ascii_lowercase());
         }

@@ -1,7 +1,7 @@
 //! File types to typed config: every problem is collected, each with its key path.
 
-use super::file::{FileAccess, FileConfig, FileReconnect, FileRoute, FileSubscribe, FileUpstream};
 use super::answering;
+use super::file::{FileAccess, FileConfig, FileReconnect, FileRoute, FileSubscribe, FileUpstream};
 use super::locate::Seg;
 use super::types::*;
 use std::collections::HashSet;

@@ -30,7 +30,9 @@ pub struct Answer {
     pub status: u16,
     /// Header lines built once for a cached message, written first.
     pub template: Option<(Arc<Message>, Which)>,
-    /// The route's `response_headers`, after the template's lines.
+    /// A backend's header lines, in its casing (a fallback answer), after the template's.
+    pub relayed: Vec<(String, HeaderValue)>,
+    /// The route's `response_headers`, after those.
     pub route_headers: Option<Arc<[(String, HeaderValue)]>>,
     /// This answer's own header lines, after those.
     pub headers: Vec<(&'static str, HeaderValue)>,
@@ -54,6 +56,7 @@ impl Answer {
         Answer {
             status,
             template: None,
+            relayed: Vec::new(),
             route_headers: None,
             headers: Vec::with_capacity(6),
             date: None,
@@ -76,6 +79,7 @@ impl Answer {
             status,
             date: Some(msg.date.clone()),
             template: Some((msg, which)),
+            relayed: Vec::new(),
             route_headers: None,
             headers: Vec::with_capacity(4),
             body,

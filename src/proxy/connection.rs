@@ -127,7 +127,6 @@ impl ConnectionApp {
                             ip,
                             client: &client,
                             draining,
-                            cors: None,
                         };
                         (self.dispatch(&head, &mut conn, buf.len()).await, len)
                     }
@@ -185,7 +184,8 @@ impl ConnectionApp {
                 let check = cors::check_request(rules, head);
                 let a = cors::preflight(rules, &check, cors::methods(m.entry.hub.is_some()))
                     .closing(head.has_body());
-                self.local(c, head, &m.entry.route.name, a, keep_alive, start).await
+                self.local(c, head, &m.entry.route.name, a, keep_alive, start)
+                    .await
             }
             Dispatch::Poll(index, hub, raw_topic) => {
                 let entry = &router.entries[index];
@@ -199,43 +199,46 @@ impl ConnectionApp {
                     client_ip: c.ip,
                     cors: entry.route.cors.as_deref(),
                 };
-                let outcome = poll::serve(
+                let parts = poll::RouteParts {
                     hub,
-                    &entry.access,
-                    &self.state.client,
-                    &req,
-                    client_read(c.io),
-                )
-                .await;
-                match outcome {
-                    Outcome::Answer(a) => {
-                        let head_only = head.is_head();
-                        let ok = wire::send_answer(c.io, c.out, &a, head_only, keep_alive)
-                            .await
-                            .is_ok();
-                        self.finish(c, head, entry, Kind::Poll, a.status, start, "");
-                        if ok && keep_alive && !a.close {
-                            Served::KeepAlive
-                        } else {
-                            Served::Close
-                        }
-                    }
+                    access: &entry.access,
+                    flights: &entry.flights,
+                    client: &self.state.client,
+                };
+                let (a, kind) = match poll::serve(parts, &req, client_read(c.io)).await {
+                    Outcome::Answer(a) => (a, Kind::Poll),
+                    Outcome::Relayed(a) => (a, Kind::Fallback),
                     Outcome::Gone => {
                         self.finish(c, head, entry, Kind::Poll, 499, start, "");
-                        Served::Close
+                        return Served::Close;
                     }
-                    Outcome::Fallback => {
-                        self.forward(c, head, entry, Kind::Fallback, keep_alive, start)
-                            .await
-                    }
+                };
+                let ok = wire::send_answer(c.io, c.out, &a, head.is_head(), keep_alive)
+                    .await
+                    .is_ok();
+                self.finish(c, head, entry, kind, a.status, start, "");
+                if ok && keep_alive && !a.close {
+                    Served::KeepAlive
+                } else {
+                    Served::Close
                 }
             }
             Dispatch::Proxy(m) => {
+                let origin = m
+                    .entry
+                    .route
+                    .cors
+                    .as_deref()
+                    .map(|r| (r, cors::check_request(r, head)));
+                if let Some((rules, cors::OriginCheck::Refused)) = origin {
+                    let a = cors::refused(rules).closing(head.has_body());
+                    let route = &m.entry.route.name;
+                    return self.local(c, head, route, a, keep_alive, start).await;
+                }
                 if head.has_body() {
                     return Served::Pingora(head.extent(buffered));
                 }
-                let entry = m.entry;
-                self.forward(c, head, entry, Kind::Proxy, keep_alive, start)
+                self.forward(c, head, m.entry, keep_alive, start, origin)
                     .await
             }
         }
@@ -246,9 +249,9 @@ impl ConnectionApp {
         c: &mut Conn<'_>,
         head: &RequestHead<'_>,
         entry: &RouteEntry,
-        kind: Kind,
         keep_alive: bool,
         start: Instant,
+        origin: Option<(&crate::config::Cors, cors::OriginCheck)>,
     ) -> Served {
         let mut client = Client {
             io: c.io,
@@ -256,7 +259,7 @@ impl ConnectionApp {
             pipelined: c.pipelined,
             ip: c.ip,
             keep_alive,
-            cors: c.cors.take(),
+            cors: origin,
         };
         // Boxed: a forward's state would otherwise sit in every connection's future, held polls
         // included.
@@ -265,11 +268,10 @@ impl ConnectionApp {
             &mut client,
             head,
             entry,
-            kind,
         ))
         .await;
         let error = done.error.and_then(|f| f.kind()).unwrap_or("");
-        self.finish(c, head, entry, kind, done.status, start, error);
+        self.finish(c, head, entry, Kind::Proxy, done.status, start, error);
         if done.keep_alive {
             Served::KeepAlive
         } else {
@@ -398,8 +400,6 @@ struct Conn<'a> {
     ip: Option<IpAddr>,
     client: &'a Option<String>,
     draining: bool,
-    /// A proxy route's cross-origin rules and this request's origin, for the relayed answer.
-    cors: Option<(&'a crate::config::Cors, cors::OriginCheck)>,
 }
 
 #[async_trait]

@@ -188,10 +188,16 @@ mod tests {
             allowed,
             OriginCheck::Allowed(HeaderValue::from_static("https://app.example"))
         );
-        assert_eq!(check(&c, Some(b"https://evil.example"), Some(b"gw")), OriginCheck::Refused);
+        assert_eq!(
+            check(&c, Some(b"https://evil.example"), Some(b"gw")),
+            OriginCheck::Refused
+        );
         assert_eq!(check(&c, None, Some(b"gw")), OriginCheck::SameOrNone);
         // The gateway's own origin.
-        assert_eq!(check(&c, Some(b"http://gw:8080"), Some(b"gw:8080")), OriginCheck::SameOrNone);
+        assert_eq!(
+            check(&c, Some(b"http://gw:8080"), Some(b"gw:8080")),
+            OriginCheck::SameOrNone
+        );
         let any = cors(Origins::Any, false);
         assert_eq!(
             check(&any, Some(b"https://x"), None),
@@ -210,6 +216,9 @@ mod tests {
         assert!(names.contains(&"Vary"));
         let refused = preflight(&c, &OriginCheck::Refused, "GET, HEAD");
         assert_eq!(refused.status, 403);
-        assert!(refused.headers.iter().all(|(n, _)| !n.starts_with("Access-Control")));
+        assert!(refused
+            .headers
+            .iter()
+            .all(|(n, _)| !n.starts_with("Access-Control")));
     }
 }

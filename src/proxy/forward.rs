@@ -1,5 +1,4 @@
-//! Forwarding a bodiless request from pollgate's own connection loop (plain requests on proxy
-//! routes, and poll fallbacks) through the shared upstream client (`upstream.rs`: pingora's
+//! Forwarding a bodiless request on a proxy route from pollgate's own connection loop through the shared upstream client (`upstream.rs`: pingora's
 //! HTTP/1 client and pool), with the same header rules as pingora's proxy path
 //! (`headers.rs`) and the same error answers (`upstream::Failure`).
 //!
@@ -8,9 +7,8 @@
 //! client or delimited by the close for an HTTP/1.0 one. A cut upstream body is never made to
 //! look complete (no final chunk, or fewer bytes than announced, then the close).
 
-use super::answer::{proxy_error_message, Answer, FALLBACK_UNAVAILABLE};
+use super::answer::{proxy_error_message, Answer};
 use super::headers;
-use super::log::Kind;
 use super::request::RequestHead;
 use super::router::RouteEntry;
 use super::upstream::{Failure, UpstreamClient};
@@ -90,7 +88,6 @@ pub async fn forward(
     c: &mut Client<'_>,
     head: &RequestHead<'_>,
     entry: &RouteEntry,
-    kind: Kind,
 ) -> Forwarded {
     let up = &entry.route.upstream;
     let result = match upstream_request(head, c.ip, up) {
@@ -110,12 +107,9 @@ pub async fn forward(
                 Some(s) => s,
                 None => {
                     let status = f.status();
-                    let answer = match (status, kind) {
-                        (0, _) => None,
-                        (502 | 504, Kind::Fallback) => {
-                            Some(Answer::unavailable(FALLBACK_UNAVAILABLE))
-                        }
-                        (s, _) => Some(Answer::error(s, proxy_error_message(s))),
+                    let answer = match status {
+                        0 => None,
+                        s => Some(Answer::error(s, proxy_error_message(s))),
                     };
                     match answer {
                         Some(a) => {

@@ -8,7 +8,6 @@
 //! WebSocket handshakes (pingora relays the upgraded tunnel both ways) and poll fallbacks.
 
 use super::answer::{proxy_error_message, Answer, FALLBACK_UNAVAILABLE};
-use super::{cors, handshake};
 use super::headers;
 use super::log::{finish, Finished, Kind};
 use super::poll::{self, Outcome, PollRequest};
@@ -16,6 +15,7 @@ use super::router::{Dispatch, RouteEntry, Router};
 use super::session;
 use super::state::GatewayState;
 use super::upstream::{self, Failure};
+use super::{cors, handshake};
 use crate::limits;
 use crate::metrics::METRICS;
 use async_trait::async_trait;
@@ -186,17 +186,23 @@ impl ProxyHttp for Gateway {
                         .map(|a| a.ip()),
                     cors: entry.route.cors.as_deref(),
                 };
+                let parts = poll::RouteParts {
+                    hub,
+                    access: &entry.access,
+                    flights: &entry.flights,
+                    client: &self.state.client,
+                };
                 let gone = session.read_body_or_idle(true);
-                match poll::serve(hub, &entry.access, &self.state.client, &preq, gone).await {
+                match poll::serve(parts, &preq, gone).await {
                     Outcome::Answer(a) => answer(session, ctx, a).await,
+                    Outcome::Relayed(a) => {
+                        ctx.kind = Kind::Fallback;
+                        answer(session, ctx, a).await
+                    }
                     Outcome::Gone => {
                         ctx.status = 499;
                         session.set_keepalive(None);
                         Ok(true)
-                    }
-                    Outcome::Fallback => {
-                        ctx.kind = Kind::Fallback;
-                        Ok(false)
                     }
                 }
             }
@@ -272,7 +278,10 @@ impl ProxyHttp for Gateway {
             return Err(e);
         }
         headers::downstream_response(upstream_response);
-        if let (Some(check), Some(rules)) = (&ctx.origin, ctx.entry().and_then(|e| e.route.cors.as_deref())) {
+        if let (Some(check), Some(rules)) = (
+            &ctx.origin,
+            ctx.entry().and_then(|e| e.route.cors.as_deref()),
+        ) {
             cors::relayed(upstream_response, rules, check);
         }
         if status >= 200 && session.req_header().version == http::Version::HTTP_10 {

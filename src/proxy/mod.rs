@@ -19,6 +19,7 @@ pub mod access;
 pub mod answer;
 pub mod connection;
 pub mod cors;
+pub mod fallback;
 pub mod forward;
 pub mod gateway;
 pub mod handshake;

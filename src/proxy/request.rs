@@ -91,17 +91,33 @@ impl RequestHead<'_> {
 pub trait HeaderSource {
     /// Every value of the header `name` (lowercase), in order.
     fn values<'s>(&'s self, name: &'static str) -> impl Iterator<Item = &'s [u8]> + 's;
+    /// Every header line, names in the client's casing, in order.
+    fn all<'s>(&'s self) -> impl Iterator<Item = (&'s str, &'s [u8])> + 's;
 }
 
 impl HeaderSource for RequestHead<'_> {
     fn values<'s>(&'s self, name: &'static str) -> impl Iterator<Item = &'s [u8]> + 's {
         RequestHead::values(self, name)
     }
+
+    fn all<'s>(&'s self) -> impl Iterator<Item = (&'s str, &'s [u8])> + 's {
+        self.headers.iter().map(|h| (h.name, h.value))
+    }
 }
 
 impl HeaderSource for pingora_http::RequestHeader {
     fn values<'s>(&'s self, name: &'static str) -> impl Iterator<Item = &'s [u8]> + 's {
         self.headers.get_all(name).into_iter().map(|v| v.as_bytes())
+    }
+
+    fn all<'s>(&'s self) -> impl Iterator<Item = (&'s str, &'s [u8])> + 's {
+        self.case_header_iter().map(|(n, v)| {
+            // Names were parsed as tokens: always ASCII.
+            (
+                std::str::from_utf8(n.as_slice()).unwrap_or("x-invalid"),
+                v.as_bytes(),
+            )
+        })
     }
 }
 

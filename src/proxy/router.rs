@@ -17,6 +17,8 @@ pub struct RouteEntry {
     pub hub: Option<Arc<Hub>>,
     /// Cached `auth_request` decisions (poll routes with `access.auth_request`).
     pub access: AccessCache,
+    /// Fallbacks to the backend under way, collapsed (poll routes).
+    pub flights: super::fallback::Flights,
     /// WebSocket tunnels open on this route, for its `max_websockets`.
     pub websockets: Arc<AtomicUsize>,
 }
@@ -81,6 +83,7 @@ impl Router {
                     route: r.clone(),
                     hub,
                     access: AccessCache::default(),
+                    flights: Default::default(),
                     websockets: tunnels
                         .get(&*r.name)
                         .map(|c| Arc::clone(c))

@@ -14,7 +14,11 @@ pub async fn send_answer(session: &mut Session, a: Answer) -> pingora_error::Res
     for (name, value) in template {
         h.append_header(*name, value.clone())?;
     }
-    for (name, value) in a.route_headers.iter().flat_map(|h| h.iter()) {
+    for (name, value) in a
+        .relayed
+        .iter()
+        .chain(a.route_headers.iter().flat_map(|h| h.iter()))
+    {
         h.append_header(name.clone(), value.clone())?;
     }
     for (name, value) in &a.headers {

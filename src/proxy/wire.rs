@@ -44,7 +44,10 @@ pub fn answer_head(out: &mut Vec<u8>, a: &Answer, keep_alive: bool) {
         out.extend_from_slice(&t.wire);
     }
     let route = a.route_headers.iter().flat_map(|h| h.iter());
-    for (name, value) in route
+    for (name, value) in a
+        .relayed
+        .iter()
+        .chain(route)
         .map(|(n, v)| (n.as_str(), v))
         .chain(a.headers.iter().map(|(n, v)| (*n, v)))
     {

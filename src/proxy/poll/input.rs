@@ -133,7 +133,14 @@ pub fn hold_for<H: HeaderSource + ?Sized>(
     let asked = (hold.cursor && has_param(req.query, &poll.cursor_param))
         || (hold.if_none_match && if_none_match)
         || hold.query.iter().any(|q| has_param(req.query, q));
-    Ok((if asked { poll.long_poll } else { Duration::ZERO }, None))
+    Ok((
+        if asked {
+            poll.long_poll
+        } else {
+            Duration::ZERO
+        },
+        None,
+    ))
 }
 
 #[cfg(test)]

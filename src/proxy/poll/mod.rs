@@ -13,6 +13,7 @@ pub use input::{cursor_of, etag_matches, hold_for, PollRequest};
 use super::access::{AccessCache, Asker, Decision};
 use super::answer::{name, Answer, Which};
 use super::cors::{self, OriginCheck};
+use super::fallback::{self, Flights};
 use super::upstream::UpstreamClient;
 use crate::cache::{CacheError, CursorArg, Message, Since, SubState, Topic};
 use crate::config::{Access, Mode, PollRoute};
@@ -30,11 +31,21 @@ use tokio::time::sleep_until;
 /// How a poll ended.
 #[derive(Debug)]
 pub enum Outcome {
+    /// Answered by the gateway (from the cache, or a refusal).
     Answer(Answer),
-    /// Not answerable from the cache (cold or too stale): the backend answers this request.
-    Fallback,
+    /// Not answerable from the cache (cold, or stale past `max_stale`): answered from the
+    /// backend, by a fallback request shared with concurrent polls (`fallback.rs`).
+    Relayed(Answer),
     /// The client hung up while held; nothing to answer (logged as 499).
     Gone,
+}
+
+/// A poll route's parts besides its hub.
+pub struct RouteParts<'a> {
+    pub hub: &'a Arc<Hub>,
+    pub access: &'a AccessCache,
+    pub flights: &'a Flights,
+    pub client: &'a UpstreamClient,
 }
 
 /// Why a poll request is refused before the cache is consulted.
@@ -87,46 +98,46 @@ fn ask<H: HeaderSource + ?Sized>(
     })
 }
 
-/// Answers one poll on `hub`'s route.
-pub async fn serve<H, G>(
-    hub: &Arc<Hub>,
-    access: &AccessCache,
-    client: &UpstreamClient,
-    req: &PollRequest<'_, H>,
-    client_gone: G,
-) -> Outcome
+/// Answers one poll on `route`.
+pub async fn serve<H, G>(route: RouteParts<'_>, req: &PollRequest<'_, H>, client_gone: G) -> Outcome
 where
     H: HeaderSource + ?Sized,
     G: Future,
 {
+    let hub = route.hub;
     // An origin that may not read the route is refused before the cache is touched.
     let origin = req.cors.map(|c| (c, cors::check_request(c, req.headers)));
     if let Some((c, OriginCheck::Refused)) = &origin {
         return Outcome::Answer(cors::refused(c));
     }
-    let mut outcome = decide(hub, access, client, req, client_gone).await;
-    if let Outcome::Answer(a) = &mut outcome {
-        if a.template.is_some() || a.status == 200 {
-            a.route_headers = Some(hub.poll().response_headers.clone());
+    let mut outcome = decide(&route, req, client_gone).await;
+    match &mut outcome {
+        Outcome::Answer(a) => {
+            if a.template.is_some() || a.status == 200 {
+                a.route_headers = Some(hub.poll().response_headers.clone());
+            }
+            if let Some((c, check)) = &origin {
+                cors::decorate(a, c, check);
+            }
         }
-        if let Some((c, check)) = &origin {
-            cors::decorate(a, c, check);
+        Outcome::Relayed(a) => {
+            if let Some((c, check)) = &origin {
+                a.relayed
+                    .retain(|(n, _)| !n.to_ascii_lowercase().starts_with("access-control-"));
+                cors::decorate(a, c, check);
+            }
         }
+        Outcome::Gone => {}
     }
     outcome
 }
 
-async fn decide<H, G>(
-    hub: &Arc<Hub>,
-    access: &AccessCache,
-    client: &UpstreamClient,
-    req: &PollRequest<'_, H>,
-    client_gone: G,
-) -> Outcome
+async fn decide<H, G>(route: &RouteParts<'_>, req: &PollRequest<'_, H>, client_gone: G) -> Outcome
 where
     H: HeaderSource + ?Sized,
     G: Future,
 {
+    let (hub, access, client) = (route.hub, route.access, route.client);
     let poll = hub.poll();
     let m = &hub.cache.metrics;
     let ask = match ask(req, poll) {
@@ -175,17 +186,13 @@ where
         // Cold topic: give the new subscription `first_message_wait` to deliver something.
         None => match Box::pin(first_message(&topic, poll.first_message_wait)).await {
             Some(n) => n,
-            None => {
-                m.fallback.inc();
-                return Outcome::Fallback;
-            }
+            None => return Box::pin(fall_back(route, req, &ask)).await,
         },
     };
     // Stale past `max_stale`: the backend over plain HTTP knows better than our old copy.
     let stale = match state {
         SubState::Down(since) if since.elapsed() > poll.max_stale => {
-            m.fallback.inc();
-            return Outcome::Fallback;
+            return Box::pin(fall_back(route, req, &ask)).await;
         }
         SubState::Down(_) => true,
         _ => false,
@@ -205,6 +212,29 @@ where
         Some(a) => Outcome::Answer(a),
         None => Outcome::Gone,
     }
+}
+
+/// Answers from the backend what the cache cannot, in a flight shared with every concurrent
+/// poll that asks the same.
+async fn fall_back<H: HeaderSource + ?Sized>(
+    route: &RouteParts<'_>,
+    req: &PollRequest<'_, H>,
+    ask: &Ask,
+) -> Outcome {
+    let hub = route.hub;
+    hub.cache.metrics.fallback.inc();
+    let fallback_ask = fallback::Ask {
+        target: req.target,
+        headers: req.headers,
+        client_ip: req.client_ip,
+        head_only: req.head_only,
+        if_none_match: ask.if_none_match.as_deref(),
+    };
+    let a = route
+        .flights
+        .answer(route.client, &hub.upstream, &hub.cache.name, &fallback_ask)
+        .await;
+    Outcome::Relayed(a)
 }
 
 /// Waits up to `limit` for a cold topic's first message; `None` when the subscription failed
