@@ -76,7 +76,11 @@ for d in "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
   if ! command -v hadolint >/dev/null && [[ -x $d/hadolint ]]; then PATH=$PATH:$d; fi
 done
 
-bin=${POLLGATE_BIN:-target/debug/pollgate}
+# The binary cargo builds: under CARGO_TARGET_DIR when set (relative to the repository root, where
+# cargo runs from here), target/ otherwise.
+target_dir=${CARGO_TARGET_DIR:-target}
+[[ $target_dir == /* ]] || target_dir=$PWD/$target_dir
+bin=${POLLGATE_BIN:-$target_dir/debug/pollgate}
 if [[ ! -x $bin ]]; then
   echo "   building pollgate (cargo build) for -t"
   cargo build --quiet --bin pollgate

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod deploy;
 pub mod raw_upstream;
 pub mod reload;
 pub mod upstream;
