@@ -203,6 +203,7 @@ impl ConnectionApp {
                     hub,
                     access: &entry.access,
                     flights: &entry.flights,
+                    shadow: &entry.shadow,
                     client: &self.state.client,
                 };
                 let (a, kind) = match poll::serve(parts, &req, client_read(c.io)).await {
@@ -211,6 +212,9 @@ impl ConnectionApp {
                     Outcome::Gone => {
                         self.finish(c, head, entry, Kind::Poll, 499, start, "");
                         return Served::Close;
+                    }
+                    Outcome::Forward => {
+                        return self.forward(c, head, entry, keep_alive, start, None).await;
                     }
                 };
                 let ok = wire::send_answer(c.io, c.out, &a, head.is_head(), keep_alive)

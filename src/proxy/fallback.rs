@@ -170,7 +170,9 @@ fn all_headers<H: HeaderSource + ?Sized>(src: &H) -> Vec<(String, HeaderValue)> 
         .collect()
 }
 
-async fn fetch<H: HeaderSource + ?Sized>(
+/// Asks the backend the poll's GET, without what is the poller's own (conditionals, `Prefer`,
+/// `X-Forwarded-For`), and reads the answer whole (up to [`MAX_BODY`]).
+pub async fn fetch<H: HeaderSource + ?Sized>(
     client: &UpstreamClient,
     up: &Upstream,
     ask: &Ask<'_, H>,

@@ -190,6 +190,7 @@ impl ProxyHttp for Gateway {
                     hub,
                     access: &entry.access,
                     flights: &entry.flights,
+                    shadow: &entry.shadow,
                     client: &self.state.client,
                 };
                 let gone = session.read_body_or_idle(true);
@@ -203,6 +204,10 @@ impl ProxyHttp for Gateway {
                         ctx.status = 499;
                         session.set_keepalive(None);
                         Ok(true)
+                    }
+                    Outcome::Forward => {
+                        ctx.kind = Kind::Proxy;
+                        Ok(false)
                     }
                 }
             }

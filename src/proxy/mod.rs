@@ -29,6 +29,7 @@ pub mod poll;
 pub mod request;
 pub mod router;
 pub mod session;
+pub mod shadow;
 pub mod state;
 pub mod upstream;
 pub mod wire;

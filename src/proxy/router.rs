@@ -19,6 +19,8 @@ pub struct RouteEntry {
     pub access: AccessCache,
     /// Fallbacks to the backend under way, collapsed (poll routes).
     pub flights: super::fallback::Flights,
+    /// Shadow comparisons of this route (`shadow`).
+    pub shadow: Arc<super::shadow::ShadowLog>,
     /// WebSocket tunnels open on this route, for its `max_websockets`.
     pub websockets: Arc<AtomicUsize>,
 }
@@ -84,6 +86,7 @@ impl Router {
                     hub,
                     access: AccessCache::default(),
                     flights: Default::default(),
+                    shadow: Default::default(),
                     websockets: tunnels
                         .get(&*r.name)
                         .map(|c| Arc::clone(c))

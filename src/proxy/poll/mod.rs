@@ -14,6 +14,7 @@ use super::access::{AccessCache, Asker, Decision};
 use super::answer::{name, Answer, Which};
 use super::cors::{self, OriginCheck};
 use super::fallback::{self, Flights};
+use super::shadow::{self, ShadowLog};
 use super::upstream::UpstreamClient;
 use crate::cache::{CacheError, CursorArg, Message, Since, SubState, Topic};
 use crate::config::{Access, Mode, PollRoute};
@@ -38,6 +39,9 @@ pub enum Outcome {
     Relayed(Answer),
     /// The client hung up while held; nothing to answer (logged as 499).
     Gone,
+    /// The route serves from the backend (`shadow.serve: backend`): proxy this request
+    /// unchanged. The topic is subscribed all the same, so the cache can be compared.
+    Forward,
 }
 
 /// A poll route's parts besides its hub.
@@ -45,7 +49,8 @@ pub struct RouteParts<'a> {
     pub hub: &'a Arc<Hub>,
     pub access: &'a AccessCache,
     pub flights: &'a Flights,
-    pub client: &'a UpstreamClient,
+    pub shadow: &'a Arc<ShadowLog>,
+    pub client: &'a Arc<UpstreamClient>,
 }
 
 /// Why a poll request is refused before the cache is consulted.
@@ -127,7 +132,7 @@ where
                 cors::decorate(a, c, check);
             }
         }
-        Outcome::Gone => {}
+        Outcome::Gone | Outcome::Forward => {}
     }
     outcome
 }
@@ -180,6 +185,20 @@ where
             return reject(hub, reason, &e.to_string());
         }
     };
+    if let Some(sh) = &poll.shadow {
+        route.shadow.offer(shadow::Offer {
+            hub,
+            client: route.client,
+            topic: &ask.topic,
+            target: req.target,
+            query: req.query,
+            headers: req.headers,
+            client_ip: req.client_ip,
+        });
+        if sh.serve_backend {
+            return Outcome::Forward;
+        }
+    }
     let (newest, state) = topic.snapshot();
     let newest = match newest {
         Some(n) => n,
@@ -426,6 +445,49 @@ async fn since<G: Future>(mut h: Hold<'_, '_, G>, ask: &Ask, stale: bool) -> Opt
     let stale = stale || matches!(h.topic.state(), SubState::Down(_));
     decorate(&mut a, ask, stale);
     Some(a)
+}
+
+/// What the cache would answer right now to a plain GET of `topic` with `query` (no
+/// conditionals, no hold): status, the header lines compared by shadow checks, body. `None`
+/// while the topic has nothing cached.
+pub fn cache_view(hub: &Hub, topic: &str, query: Option<&str>) -> Option<CacheView> {
+    let poll = hub.poll();
+    let t = hub.cache.get(topic)?;
+    match poll.mode {
+        Mode::Latest => {
+            let msg = t.latest()?;
+            let lines = msg
+                .heads
+                .as_deref()
+                .map(|h| h.ok.lines.iter().map(|(n, v)| (n.to_string(), v.clone())).collect())
+                .unwrap_or_default();
+            Some(CacheView {
+                status: 200,
+                headers: lines,
+                body: msg.payload.clone(),
+            })
+        }
+        Mode::Since => {
+            let cursor = cursor_of(query, None, poll).ok()?;
+            let got = t.since(cursor.as_ref());
+            if t.is_empty() {
+                return None;
+            }
+            Some(CacheView {
+                status: 200,
+                headers: vec![("Content-Type".into(), HeaderValue::from_str(&poll.content_type).ok()?)],
+                body: since_body(&got),
+            })
+        }
+    }
+}
+
+/// See [`cache_view`].
+#[derive(Debug, Clone)]
+pub struct CacheView {
+    pub status: u16,
+    pub headers: Vec<(String, HeaderValue)>,
+    pub body: Bytes,
 }
 
 /// The lines every cache answer may carry after its own.
