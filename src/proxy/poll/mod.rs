@@ -459,7 +459,12 @@ pub fn cache_view(hub: &Hub, topic: &str, query: Option<&str>) -> Option<CacheVi
             let lines = msg
                 .heads
                 .as_deref()
-                .map(|h| h.ok.lines.iter().map(|(n, v)| (n.to_string(), v.clone())).collect())
+                .map(|h| {
+                    h.ok.lines
+                        .iter()
+                        .map(|(n, v)| (n.to_string(), v.clone()))
+                        .collect()
+                })
                 .unwrap_or_default();
             Some(CacheView {
                 status: 200,
@@ -475,7 +480,10 @@ pub fn cache_view(hub: &Hub, topic: &str, query: Option<&str>) -> Option<CacheVi
             }
             Some(CacheView {
                 status: 200,
-                headers: vec![("Content-Type".into(), HeaderValue::from_str(&poll.content_type).ok()?)],
+                headers: vec![(
+                    "Content-Type".into(),
+                    HeaderValue::from_str(&poll.content_type).ok()?,
+                )],
                 body: since_body(&got),
             })
         }
