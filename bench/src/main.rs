@@ -12,23 +12,14 @@
 
 #![forbid(unsafe_code)]
 
-#[path = "pollgate-bench/bare.rs"]
 mod bare;
-#[path = "pollgate-bench/client.rs"]
 mod client;
-#[path = "pollgate-bench/load.rs"]
 mod load;
-#[path = "pollgate-bench/longpoll.rs"]
 mod longpoll;
-#[path = "pollgate-bench/procs.rs"]
 mod procs;
-#[path = "pollgate-bench/report.rs"]
 mod report;
-#[path = "pollgate-bench/run.rs"]
 mod run;
-#[path = "pollgate-bench/stats.rs"]
 mod stats;
-#[path = "pollgate-bench/wsecho.rs"]
 mod wsecho;
 
 use clap::{Parser, Subcommand};

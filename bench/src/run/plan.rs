@@ -1,0 +1,74 @@
+//! How long and how big each run is, per mode (full, quick, smoke).
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Mode {
+    Smoke,
+    Quick,
+    Full,
+}
+
+pub(super) struct Plan {
+    /// Measured seconds per HTTP load run, and the warm-up before it.
+    pub(super) http_s: f64,
+    /// Interleaved repetitions of each HTTP load run (the median is reported).
+    pub(super) rounds: usize,
+    pub(super) warmup_s: f64,
+    pub(super) conns: usize,
+    pub(super) lp_clients: usize,
+    pub(super) lp_topic_variants: Vec<usize>,
+    pub(super) s4_clients: usize,
+    pub(super) s4_topics: usize,
+    pub(super) s4_rate: f64,
+    pub(super) s4_s: f64,
+    pub(super) ws_clients: usize,
+    pub(super) ws_s: f64,
+}
+
+impl Plan {
+    pub(super) fn for_mode(m: Mode) -> Plan {
+        match m {
+            Mode::Full => Plan {
+                http_s: 10.0,
+                rounds: 3,
+                warmup_s: 2.0,
+                conns: 50,
+                lp_clients: 10_000,
+                lp_topic_variants: vec![100, 1],
+                s4_clients: 1000,
+                s4_topics: 10,
+                s4_rate: 2.0,
+                s4_s: 30.0,
+                ws_clients: 20,
+                ws_s: 10.0,
+            },
+            Mode::Quick => Plan {
+                http_s: 3.0,
+                rounds: 2,
+                warmup_s: 1.0,
+                conns: 50,
+                lp_clients: 10_000,
+                lp_topic_variants: vec![100, 1],
+                s4_clients: 1000,
+                s4_topics: 10,
+                s4_rate: 2.0,
+                s4_s: 8.0,
+                ws_clients: 20,
+                ws_s: 3.0,
+            },
+            Mode::Smoke => Plan {
+                http_s: 2.0,
+                rounds: 1,
+                warmup_s: 0.0,
+                conns: 20,
+                lp_clients: 200,
+                lp_topic_variants: vec![4],
+                s4_clients: 0,
+                s4_topics: 0,
+                s4_rate: 0.0,
+                s4_s: 0.0,
+                ws_clients: 0,
+                ws_s: 0.0,
+            },
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The pollgate config every scenario starts pollgate with.
+
+const PG_CONFIG: &str = r#"listen: "@LISTEN@"
+metrics_listen: "@ADMIN@"
+threads: 1
+access_log: false
+grace_period_seconds: 1
+graceful_shutdown_timeout_seconds: 1
+max_topics: 20000
+max_held_polls: 20000
+upstreams:
+  backend:
+    address: "@BACKEND@"
+routes:
+@POLL_ROUTE@  - name: default
+    prefix: "/"
+    upstream: backend
+"#;
+
+const PG_POLL_ROUTE: &str = r#"  - name: prices
+    path: "/api/prices/{topic}"
+    upstream: backend
+    access: public
+    subscribe:
+      path: "/ws/prices/{topic}"
+    mode: latest
+    content_type: application/json
+    long_poll: @LONG_POLL@
+    hold_on: [prefer, if-none-match]
+    max_wait: 120s
+    first_message_wait: 2s
+"#;
+
+/// A pollgate config: the latest-mode poll route (held for `long_poll`, `None`: no poll route)
+/// in front of the sample backend, plus a prefix route for everything else.
+pub(super) fn pollgate_config(backend: &str, long_poll: Option<&str>) -> String {
+    let route = long_poll
+        .map(|l| PG_POLL_ROUTE.replace("@LONG_POLL@", l))
+        .unwrap_or_default();
+    PG_CONFIG
+        .replace("@BACKEND@", backend)
+        .replace("@POLL_ROUTE@", &route)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_render() {
+        let c = pollgate_config("127.0.0.1:9", Some("60s"));
+        assert!(c.contains("long_poll: 60s") && c.contains("address: \"127.0.0.1:9\""));
+        assert!(!pollgate_config("127.0.0.1:9", None).contains("prices"));
+    }
+}
