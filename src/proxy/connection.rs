@@ -17,7 +17,7 @@ use super::forward::{self, Client};
 use super::gateway::Gateway;
 use super::log::{finish, Finished, Kind};
 use super::poll::{self, Outcome, PollRequest};
-use super::request::{self, Parsed, RequestHead, MAX_HEADERS};
+use super::request::{self, Parsed, RequestHead};
 use super::router::{Dispatch, RouteEntry};
 use super::state::GatewayState;
 use super::{cors, handshake, wire};
@@ -107,7 +107,7 @@ impl ConnectionApp {
             let draining = *shutdown.borrow();
             let mut pipelined = BytesMut::new();
             let (served, len) = {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut headers = request::Slots::new();
                 match request::parse(&buf, &mut headers, &limits) {
                     // `read_head` returns only when the head is complete or refused.
                     Parsed::Partial => (Served::Close, 0),
@@ -438,7 +438,7 @@ async fn read_head(
     loop {
         if !buf.is_empty() {
             deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut headers = request::Slots::new();
             if !matches!(request::parse(buf, &mut headers, limits), Parsed::Partial) {
                 return HeadEnd::Ready;
             }

@@ -13,6 +13,32 @@ use crate::config::Limits;
 
 /// Header lines accepted in one request head; more is `431`.
 pub const MAX_HEADERS: usize = 128;
+/// Header lines parsed in place without an allocation: a poll's head has a handful.
+const INLINE_HEADERS: usize = 24;
+
+/// Room for a head's header lines: a few inline (a held poll keeps them for its whole wait,
+/// so they count in its memory), more on the heap only for the rare larger head.
+pub struct Slots<'b> {
+    inline: [httparse::Header<'b>; INLINE_HEADERS],
+    heap: Vec<httparse::Header<'b>>,
+}
+
+impl Slots<'_> {
+    pub fn new() -> Self {
+        Slots {
+            inline: [httparse::EMPTY_HEADER; INLINE_HEADERS],
+            heap: Vec::new(),
+        }
+    }
+}
+
+impl Default for Slots<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const TOO_MANY: Refusal = refuse(431, "too many request headers");
 /// `Connection` options accepted (pingora's proxy refuses ten or more).
 const MAX_NOMINATIONS: usize = 10;
 
@@ -131,7 +157,18 @@ pub enum Parsed<'b> {
 }
 
 /// Parses and validates the request head at the start of `buf`.
-pub fn parse<'b>(
+pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>, limits: &Limits) -> Parsed<'b> {
+    let Slots { inline, heap } = slots;
+    match parse_in(buf, inline, limits) {
+        Parsed::Invalid(r) if r == TOO_MANY => {
+            heap.resize(MAX_HEADERS, httparse::EMPTY_HEADER);
+            parse_in(buf, heap, limits)
+        }
+        parsed => parsed,
+    }
+}
+
+fn parse_in<'b>(
     buf: &'b [u8],
     headers: &'b mut [httparse::Header<'b>],
     limits: &Limits,
@@ -148,9 +185,7 @@ pub fn parse<'b>(
                 Parsed::Partial
             };
         }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Parsed::Invalid(refuse(431, "too many request headers"))
-        }
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Invalid(TOO_MANY),
         Err(httparse::Error::Version) => {
             return Parsed::Invalid(refuse(400, "unsupported or malformed HTTP version"))
         }
@@ -362,7 +397,7 @@ mod tests {
     }
 
     fn judge(raw: &[u8]) -> Result<(usize, Body, bool), Option<Refusal>> {
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = Slots::new();
         match parse(raw, &mut h, &limits()) {
             Parsed::Partial => Err(None),
             Parsed::Invalid(r) => Err(Some(r)),
@@ -479,6 +514,10 @@ mod tests {
             .collect();
         let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
         assert_eq!(status(many.as_bytes()), 431);
+        // More than fit inline, fewer than the limit: parsed on the heap.
+        let some: String = (0..INLINE_HEADERS + 5).map(|i| format!("X-{i}: 1\r\n")).collect();
+        let some = format!("GET / HTTP/1.1\r\nHost: x\r\n{some}\r\n");
+        assert_eq!(status(some.as_bytes()), 200);
         // Endless empty lines are bounded too.
         assert_eq!(
             status("\r\n".repeat(l.max_request_header_bytes).as_bytes()),
@@ -488,7 +527,7 @@ mod tests {
 
     #[test]
     fn extents_end_after_the_body() {
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = Slots::new();
         let raw = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /b";
         let Parsed::Complete(head) = parse(raw, &mut h, &limits()) else {
             panic!("complete")
