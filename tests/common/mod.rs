@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod raw_upstream;
+pub mod recorder;
 pub mod reload;
 pub mod upstream;
 pub mod wire;
