@@ -6,6 +6,7 @@
 
 pub mod deploy;
 pub mod raw_upstream;
+pub mod recorder;
 pub mod reload;
 pub mod upstream;
 pub mod wire;
