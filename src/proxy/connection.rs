@@ -15,6 +15,7 @@
 use super::answer::Answer;
 use super::forward::{self, Client};
 use super::gateway::Gateway;
+use super::handover::Handover;
 use super::log::{finish, Finished, Kind};
 use super::poll::{self, Outcome, PollRequest};
 use super::request::{self, Parsed, RequestHead};
@@ -50,8 +51,9 @@ enum Served {
     KeepAlive,
     /// Answered (or the client left): close.
     Close,
-    /// For pingora's proxy: the request's bytes (head and body) run this far into the buffer.
-    Pingora(usize),
+    /// For pingora's proxy: the request's bytes (head and body) run this far into the buffer,
+    /// and this many more may be read from the socket (see `RequestHead::socket_budget`).
+    Pingora(usize, Option<u64>),
 }
 
 /// Why reading a head stopped.
@@ -138,15 +140,22 @@ impl ConnectionApp {
                     consume(&mut buf, len);
                     buf.extend_from_slice(&pipelined);
                 }
-                Served::Pingora(extent) => {
-                    let mut session = ServerSession::new_http1(io);
+                Served::Pingora(extent, budget) => {
+                    let handover = Handover::new(io, budget);
+                    let mut session = ServerSession::new_http1(Box::new(handover));
                     if let ServerSession::H1(h1) = &mut session {
                         h1.set_pipelined_prefix(buf.split_to(extent));
                     }
                     let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
                         return;
                     };
-                    io = reused.consume().0;
+                    let Ok(handover) = reused.consume().0.into_any().downcast::<Handover>() else {
+                        tracing::warn!("pingora returned a different stream type; closing");
+                        return;
+                    };
+                    let (inner, kept) = handover.into_parts();
+                    io = inner;
+                    buf.extend_from_slice(&kept);
                 }
             }
         }
@@ -155,7 +164,7 @@ impl ConnectionApp {
     /// Decides what the request is and serves it, or says it is pingora's.
     async fn dispatch(&self, head: &RequestHead<'_>, c: &mut Conn<'_>, buffered: usize) -> Served {
         if !self.state.fast_paths() {
-            return Served::Pingora(head.extent(buffered));
+            return pingora(head, buffered);
         }
         let start = Instant::now();
         let router = self.state.router();
@@ -176,7 +185,7 @@ impl ConnectionApp {
                 self.local(c, head, &m.entry.route.name, a, keep_alive, start)
                     .await
             }
-            Dispatch::Tunnel(_) => Served::Pingora(head.extent(buffered)),
+            Dispatch::Tunnel(_) => pingora(head, buffered),
             Dispatch::Preflight(m) => {
                 let Some(rules) = &m.entry.route.cors else {
                     return Served::Close;
@@ -240,7 +249,7 @@ impl ConnectionApp {
                     return self.local(c, head, route, a, keep_alive, start).await;
                 }
                 if head.has_body() {
-                    return Served::Pingora(head.extent(buffered));
+                    return pingora(head, buffered);
                 }
                 self.forward(c, head, m.entry, keep_alive, start, origin)
                     .await
@@ -468,6 +477,12 @@ async fn read_head(
             _ => return HeadEnd::Done,
         }
     }
+}
+
+/// Hands `head`'s request to pingora: its buffered bytes, and what it may read beyond them.
+fn pingora(head: &RequestHead<'_>, buffered: usize) -> Served {
+    let extent = head.extent(buffered);
+    Served::Pingora(extent, head.socket_budget(extent))
 }
 
 /// Drops an answered head from the read buffer, keeping any pipelined bytes behind it.

@@ -11,6 +11,7 @@ use super::answer::{proxy_error_message, Answer, FALLBACK_UNAVAILABLE};
 use super::headers;
 use super::log::{finish, Finished, Kind};
 use super::poll::{self, Outcome, PollRequest};
+use super::request;
 use super::router::{Dispatch, RouteEntry, Router};
 use super::session;
 use super::state::GatewayState;
@@ -117,6 +118,20 @@ impl ProxyHttp for Gateway {
             session.set_ignore_info_resp(true);
         }
         let req = session.req_header().clone();
+        // pingora reads only the first `Connection` line; the validator reads them all, and its
+        // verdict is the one both paths keep.
+        let keep = request::keeps_alive_by(
+            http10,
+            req.headers
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .map(|v| v.as_bytes()),
+        );
+        if !keep {
+            session.set_keepalive(None);
+        } else if session.get_keepalive().is_none() && !self.state.store.shutting_down() {
+            session.set_keepalive(Some(0));
+        }
         let (target, path, query) = target_of(&req);
         let method = req.method.as_str();
         let upgrade = handshake::classify(method, !http10, &req);

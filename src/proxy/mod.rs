@@ -22,6 +22,7 @@ pub mod cors;
 pub mod fallback;
 pub mod forward;
 pub mod gateway;
+pub mod handover;
 pub mod handshake;
 pub mod headers;
 pub mod log;

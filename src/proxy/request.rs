@@ -104,6 +104,19 @@ impl RequestHead<'_> {
         .min(buffered)
     }
 
+    /// How many more bytes of this request pingora may read from the socket once it has the
+    /// first `extent` bytes (see [`Self::extent`]): the rest of a `Content-Length` body, none for
+    /// a bodiless request, no bound (`None`) for a chunked body or a handshake whose tunnel
+    /// follows.
+    pub fn socket_budget(&self, extent: usize) -> Option<u64> {
+        match self.body {
+            Body::Chunked => None,
+            Body::None if self.upgrade => None,
+            Body::None => Some(0),
+            Body::Length(n) => Some(n.saturating_sub(extent.saturating_sub(self.len) as u64)),
+        }
+    }
+
     /// Values of every header named `name` (case-insensitive), in order.
     pub fn values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> + 's {
         self.headers
@@ -228,8 +241,12 @@ fn validate<'b>(
     }
     let http10 = version == 0;
 
-    // Routing is by path alone: a foreign authority, CONNECT's authority-form or `*` are
-    // refused, never followed (no open proxy).
+    // A tunnel to anywhere is not a gateway's to open (pingora's proxy refuses it too).
+    if method == "CONNECT" {
+        return Err(refuse(405, "CONNECT is not supported"));
+    }
+    // Routing is by path alone: a foreign authority or `*` is refused, never followed (no open
+    // proxy).
     if !target.starts_with('/') {
         return Err(if target.contains("://") {
             refuse(400, "absolute-form request targets are not accepted")
@@ -327,7 +344,7 @@ fn validate<'b>(
             _ => Body::None,
         },
     };
-    let keep_alive = !close && (!http10 || keep_alive_token);
+    let keep_alive = keeps_alive(http10, close, keep_alive_token);
     Ok(RequestHead {
         len,
         method,
@@ -340,6 +357,25 @@ fn validate<'b>(
         keep_alive,
         upgrade,
     })
+}
+
+/// Whether the client lets the connection stay open after the answer, from every
+/// `Connection` line: HTTP/1.1 unless `close`, HTTP/1.0 only with `keep-alive`.
+pub fn keeps_alive(http10: bool, close: bool, keep_alive_token: bool) -> bool {
+    !close && (!http10 || keep_alive_token)
+}
+
+/// [`keeps_alive`] from `Connection` header values.
+pub fn keeps_alive_by<'a>(http10: bool, connection: impl Iterator<Item = &'a [u8]>) -> bool {
+    let (mut close, mut keep) = (false, false);
+    for token in connection
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+    {
+        close |= token.eq_ignore_ascii_case(b"close");
+        keep |= token.eq_ignore_ascii_case(b"keep-alive");
+    }
+    keeps_alive(http10, close, keep)
 }
 
 /// `Connection` names headers the next hop must drop: a bounded number of plain tokens, never a
@@ -463,7 +499,8 @@ mod tests {
             (b"GET / HTTP/1.0\r\nHost: u:p@evil\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
             (b"GET http://x/a HTTP/1.1\r\nHost: x\r\n\r\n", 400),
-            (b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n", 400),
+            (b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n", 405),
+            (b"CONNECT /p/x HTTP/1.1\r\nHost: x\r\n\r\n", 405),
             (b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
             (b"GET /a#f HTTP/1.1\r\nHost: x\r\n\r\n", 400),
             (b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", 400),
@@ -515,7 +552,9 @@ mod tests {
         let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
         assert_eq!(status(many.as_bytes()), 431);
         // More than fit inline, fewer than the limit: parsed on the heap.
-        let some: String = (0..INLINE_HEADERS + 5).map(|i| format!("X-{i}: 1\r\n")).collect();
+        let some: String = (0..INLINE_HEADERS + 5)
+            .map(|i| format!("X-{i}: 1\r\n"))
+            .collect();
         let some = format!("GET / HTTP/1.1\r\nHost: x\r\n{some}\r\n");
         assert_eq!(status(some.as_bytes()), 200);
         // Endless empty lines are bounded too.
