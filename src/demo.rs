@@ -52,6 +52,16 @@ pub fn start_backend(
     Ok(backend)
 }
 
+/// Why the demo cannot listen on `addr`, naming what it was for and the flag that moves it.
+pub fn bind_failure(addr: &str, flag: &str, what: &str, e: &std::io::Error) -> String {
+    let advice = if e.kind() == std::io::ErrorKind::AddrInUse {
+        format!("stop what is listening there, or choose another address with {flag} IP:PORT")
+    } else {
+        format!("choose another address with {flag} IP:PORT")
+    };
+    format!("pollgate demo: cannot listen on {addr} for {what} ({flag}): {e}; {advice}")
+}
+
 pub fn banner(addrs: &DemoAddrs) -> String {
     let g = &addrs.listen;
     let b = &addrs.backend_listen;
@@ -66,8 +76,10 @@ pollgate demo: gateway http://{g}  ->  sample backend http://{b} (publishes btc,
     curl -si http://{g}/api/prices/btc
   long poll until the next tick (send the ETag you were given):
     curl -si -H 'If-None-Match: "<etag>"' -H 'Prefer: wait=10' http://{g}/api/prices/btc
-  cursor poll (every message after id 3, held until there is one):
-    curl -si 'http://{g}/api/news/btc?since=3'
+  cursor poll: the first poll subscribes and gives the newest id (Pollgate-Cursor: N); then
+  every message after N, held until there is one (an older id gets Pollgate-Gap: true):
+    curl -si http://{g}/api/news/btc
+    curl -si 'http://{g}/api/news/btc?since=N'
   publish your own message:
     curl -s -X POST -d '{{"headline":"hello"}}' http://{g}/publish/btc
   backend counters / metrics / live status page:

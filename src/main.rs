@@ -81,22 +81,68 @@ fn main() -> ExitCode {
                 metrics_listen,
                 backend_listen,
             };
+            for (addr, flag) in [
+                (&addrs.listen, "--listen"),
+                (&addrs.metrics_listen, "--metrics-listen"),
+            ] {
+                match addr.parse::<std::net::SocketAddr>() {
+                    Err(_) => {
+                        eprintln!("pollgate demo: {flag} {addr}: not an ip:port address");
+                        return ExitCode::from(2);
+                    }
+                    Ok(a) if a.port() != 0 && *addr == addrs.backend_listen => {
+                        eprintln!(
+                            "pollgate demo: {flag} and --backend-listen are both {addr}; give them different ports"
+                        );
+                        return ExitCode::from(2);
+                    }
+                    Ok(_) => {}
+                }
+            }
             let config = match demo::demo_config(&addrs) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("{e}");
+                    eprintln!("pollgate demo: the addresses given make an invalid configuration:");
+                    for p in e.problems() {
+                        eprintln!("  {p}");
+                    }
                     return ExitCode::from(2);
                 }
             };
+            let mut busy = Vec::new();
             if let Err(e) = demo::start_backend(
                 &addrs.backend_listen,
                 &["btc", "eth", "sol"],
                 Duration::from_secs(1),
             ) {
-                eprintln!(
-                    "cannot start the sample backend on {}: {e}",
-                    addrs.backend_listen
-                );
+                busy.push(demo::bind_failure(
+                    &addrs.backend_listen,
+                    "--backend-listen",
+                    "the sample backend",
+                    &e,
+                ));
+            }
+            // pingora binds the gateway's and the admin listener only once the server runs, and
+            // retries a busy port there for 30 s, then panics that service's thread while the
+            // process lives on: so both are tried here first (after the backend, so that the
+            // same address given twice is caught too), and every busy port is named at once
+            // with the flag that moves it.
+            for (addr, flag, what) in [
+                (&addrs.listen, "--listen", "the gateway"),
+                (
+                    &addrs.metrics_listen,
+                    "--metrics-listen",
+                    "metrics and the status page",
+                ),
+            ] {
+                if let Err(e) = std::net::TcpListener::bind(addr.as_str()) {
+                    busy.push(demo::bind_failure(addr, flag, what, &e));
+                }
+            }
+            if !busy.is_empty() {
+                for b in busy {
+                    eprintln!("{b}");
+                }
                 return ExitCode::from(1);
             }
             raise_open_file_limit(&config);

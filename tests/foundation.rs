@@ -114,9 +114,77 @@ routes:
         "{err}"
     );
 
+    // A typo'd key is named with the key it most likely meant.
+    std::fs::write(
+        &path,
+        "listen: \"127.0.0.1:8080\"\nupstreams:\n  b: { address: \"127.0.0.1:9000\" }\nroutes:\n  - { name: a, prefx: /, upstream: b }\n",
+    )
+    .unwrap();
+    let out = check_config(&path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("  routes[0]: unknown field `prefx`, did you mean `prefix`? (line 5)\n"),
+        "{err}"
+    );
+
     let out = check_config(dir.join("missing.yaml"));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn test_flag_reports_independent_mistakes_in_one_run() {
+    // A typo'd key, a bad duration, a value of the wrong type and an unknown upstream: serde
+    // alone stops at the first, and the unknown upstream is only found by the checks after it.
+    let dir = scratch_dir();
+    let path = dir.join("four.yaml");
+    std::fs::write(
+        &path,
+        r#"listen: "127.0.0.1:8080"
+threads: two
+upstreams:
+  backend:
+    address: "127.0.0.1:9000"
+    connect_timeout: 5x
+routes:
+  - name: api
+    prefix: "/api/"
+    upstream: bakend
+  - name: prices
+    path: "/api/prices/{topic}"
+    upstream: backend
+    access: public
+    subscribe:
+      path: "/ws/{topic}"
+    long_pol: 25s
+"#,
+    )
+    .unwrap();
+    let out = check_config(&path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let problems: Vec<&str> = err.lines().filter_map(|l| l.strip_prefix("  ")).collect();
+    assert_eq!(
+        problems,
+        [
+            r#"threads: expected a whole number (0 or more), found the string "two" (line 2)"#,
+            "upstreams.backend.connect_timeout: unknown unit `x` in `5x` (expected ms, s, m or h) (line 6)",
+            r#"routes[0].upstream: unknown upstream "bakend" (line 10)"#,
+            "routes[1]: unknown field `long_pol`, did you mean `long_poll`? (line 17)",
+        ],
+        "{err}"
+    );
+
+    // A YAML syntax error is placed in the same words, with its column.
+    std::fs::write(&path, "listen: [\"127.0.0.1:8080\"\nthreads: 2\n").unwrap();
+    let out = check_config(&path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("(line 2, column 1)") && !err.contains(" at line "),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -145,6 +145,16 @@ pub fn line_of(src: &str, path: &[Seg]) -> Option<usize> {
     best
 }
 
+/// The line of the second top-level `key:` of `src`: serde_yaml reports a duplicate top-level key
+/// without a place.
+pub fn second_top_level(src: &str, key: &str) -> Option<usize> {
+    entries(src)
+        .iter()
+        .filter(|e| e.col == 0 && matches!(&e.kind, Kind::Key(k) if k == key))
+        .nth(1)
+        .map(|e| e.line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
