@@ -9,9 +9,8 @@
 //! by hand with `DIFFERENTIAL_CASES` (or `PROPTEST_CASES`), `DIFFERENTIAL_SEED` and
 //! `DIFFERENTIAL_SECS`; `DIFFERENTIAL_STRICT=1` also compares the answers byte for byte (but for
 //! `Date` and `Age`). Every difference found is printed with the request bytes, both answers'
-//! heads and both upstream records. The tests named `known_difference_*` are differences found
-//! this way, and `known_bug_*` a fault both paths share; they are kept as fixed failing cases
-//! until `src/` is fixed.
+//! heads and both upstream records. The named cases after the generated run are the differences
+//! (and one fault both paths shared) that it found, kept as regression tests.
 
 mod common;
 
@@ -1209,12 +1208,11 @@ async fn all_alike(cases: Vec<Case>) -> Vec<(Outcome, Outcome)> {
     outcomes
 }
 
-/// `CONNECT` with an origin-form target passes the validator. The fast path forwards it to the
-/// upstream like any bodiless request (the upstream receives `CONNECT /p/x HTTP/1.1`); pingora's
-/// proxy refuses the method itself with its own bare `405` (`Server: Pingora`, no JSON body),
-/// and nothing reaches the upstream.
+/// `CONNECT` with an origin-form target: the validator refuses it (`405`), so neither path
+/// forwards it (the fast path once did, while pingora's proxy refused it with its own bare
+/// `405`).
 #[tokio::test]
-async fn known_difference_connect_is_forwarded_by_the_fast_path_and_refused_by_pingora() {
+async fn connect_is_refused_alike_on_both_paths() {
     all_alike(vec![
         Case {
             reqs: vec![simple("CONNECT", "/p/x", &[], b"")],
@@ -1226,17 +1224,13 @@ async fn known_difference_connect_is_forwarded_by_the_fast_path_and_refused_by_p
     .await;
 }
 
-/// A request pingora proxies (every request with `fast_paths: false`; requests with a body
-/// with `fast_paths: true`) while the next pipelined request is still unread in the socket:
-/// pingora's session, whose pipelining is off, probes the client connection while it proxies,
-/// reads the first byte of the next request and fails with "Sent data after end of body"
-/// (`ConnectError`, so `fail_to_proxy` answers 502, or 503 on a poll fallback) although the
-/// upstream answered 200; then the connection is closed with unread bytes (a reset). The fast
-/// path answers both requests. It needs the next request to arrive after the connection loop
-/// stopped reading: here it is 4 KB long, so most of it is still in the socket.
+/// A request pingora proxies while the next pipelined request is still unread in the socket.
+/// pingora probes the client while it proxies; it once read the next request's first byte and
+/// failed with "Sent data after end of body" (a 502 although the upstream answered 200). Now it
+/// reads the request's own bytes only (`proxy/handover.rs`) and both requests are answered.
+/// The next request is 4 KB long, so most of it is still in the socket when pingora starts.
 #[tokio::test]
-async fn known_difference_a_request_proxied_by_pingora_fails_when_the_next_pipelined_one_is_unread()
-{
+async fn a_request_pingora_proxies_is_served_while_the_next_pipelined_one_waits_unread() {
     let long = format!("/p/{}", "a".repeat(4000));
     all_alike(vec![
         Case {
@@ -1252,12 +1246,11 @@ async fn known_difference_a_request_proxied_by_pingora_fails_when_the_next_pipel
     .await;
 }
 
-/// `close` in a second `Connection` line: the validator (and so the fast path) honours it and
-/// closes after the answer; pingora's session reads only the first `Connection` line, answers
-/// `Connection: keep-alive` and serves the next pipelined request too (which then reaches the
-/// upstream). The same with HTTP/1.0 and `keep-alive` in a second line, the other way round.
+/// `close` in a second `Connection` line closes after the answer on both paths (pingora's
+/// session reads only the first line; the gateway applies the validator's verdict from every
+/// line). The same with HTTP/1.0 and `keep-alive` in a second line, the other way round.
 #[tokio::test]
-async fn known_difference_connection_options_in_a_second_connection_line_are_ignored_by_pingora() {
+async fn every_connection_line_counts_for_keep_alive_on_both_paths() {
     let http10 = |extra: &[&str]| {
         let mut r = simple("GET", "/p/x", extra, b"");
         r.bytes = String::from_utf8(r.bytes)
@@ -1294,12 +1287,11 @@ async fn known_difference_connection_options_in_a_second_connection_line_are_ign
     .await;
 }
 
-/// Not a difference (both paths fail alike, so the generated run cannot see it), the same cause
-/// as the pipelining difference above: a request with a body followed by a pipelined request
-/// that is still unread gets 502 on both paths, its body never reaches the upstream, and the
-/// pipelined request is lost.
+/// A request with a body followed by a pipelined request that is still unread: the body
+/// reaches the upstream, and the pipelined request is answered too (it once got a 502 on both
+/// paths, for the cause above).
 #[tokio::test]
-async fn known_bug_a_body_request_followed_by_an_unread_pipelined_request_gets_502() {
+async fn a_body_request_followed_by_an_unread_pipelined_request_is_served() {
     let long = format!("/p/{}", "a".repeat(4000));
     let outcomes = all_alike(vec![Case {
         reqs: vec![simple("POST", "/p/x", &[], b"hello"), get(&long)],
