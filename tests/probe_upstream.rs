@@ -573,3 +573,67 @@ async fn an_auth_service_may_send_an_interim_answer_before_its_decision() {
         up.heads()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 13. A backend that sends surplus bytes after its answer, in a later TCP segment.
+
+/// The known limit of every HTTP/1.1 pool (docs/operations.md, "A backend's surplus bytes"), and
+/// its remedy: with `keepalive: false` on the upstream every request gets its own connection
+/// and says `Connection: close`, so surplus bytes that arrive after an answer can never be read
+/// as the next request's answer, on either path.
+#[tokio::test]
+async fn keepalive_false_keeps_a_backends_late_surplus_bytes_from_any_other_answer() {
+    let up = RawUpstream::start(|head| {
+        let body = tag(head);
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        // A bogus second answer, sent once the first is surely relayed.
+        let surplus = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nsurplus!!".to_vec();
+        Script::Split(answer.into_bytes(), Duration::from_millis(150), surplus)
+    })
+    .await;
+    let cfg = config(up.addr, "5s").replace(
+        "    read_timeout: 5s\n",
+        "    read_timeout: 5s\n    keepalive: false\n",
+    );
+    let gw = Gateway::start(&cfg).await;
+    let mut problems = Vec::new();
+    for kind in KINDS {
+        let before = up.accepts();
+        for i in 0..3 {
+            let closed = up.closed();
+            let path = format!("/surplus/{kind}/{i}");
+            let (got, _) = ask(gw.addr, &request(kind, &path), Duration::from_secs(5)).await;
+            match &got {
+                Ok(a) if a.status == 200 && a.text() == format!("answer to {path}") => {}
+                _ => problems.push(format!("{path}: {}", show(&got))),
+            }
+            // The gateway is done with that connection (so its surplus was sent into nothing)
+            // before the next request goes out.
+            up.wait_for(
+                "the gateway closing its upstream connection",
+                Duration::from_secs(5),
+                |u| u.closed() > closed,
+            )
+            .await;
+        }
+        if up.accepts() != before + 3 {
+            problems.push(format!(
+                "{kind}: {} upstream connections for 3 requests",
+                up.accepts() - before
+            ));
+        }
+    }
+    let heads = up.heads();
+    if !heads
+        .iter()
+        .all(|h| h.to_ascii_lowercase().contains("\r\nconnection: close"))
+    {
+        problems.push(format!(
+            "an upstream request without Connection: close: {heads:#?}"
+        ));
+    }
+    fail_all(&problems);
+}

@@ -113,6 +113,8 @@ impl RawUpstream {
                                 }
                                 tokio::time::sleep(pause).await;
                                 if s.write_all(&b).await.is_err() {
+                                    // The gateway closed the connection meanwhile.
+                                    sh.closed.fetch_add(1, Ordering::SeqCst);
                                     return;
                                 }
                             }
