@@ -2,26 +2,17 @@
 //! over the Chrome DevTools Protocol. The page must render one row per topic, update live from
 //! `/topics` without a reload, and load nothing from anywhere but the admin listener.
 //!
-//! Needs `/usr/bin/chromium` (Debian package `chromium`; override the path with
-//! `POLLGATE_CHROMIUM`). Without it the test is skipped, except under `CI`, where it fails.
+//! Needs `/usr/bin/chromium` (see `common::chromium`): skipped without it, except under `CI`.
 //! `POLLGATE_UPDATE_SCREENSHOT=1` rewrites `docs/status-page.png` from the captured page.
 
 mod common;
 
 use base64::Engine;
+use common::chromium::{chromium_or_skip, Cdp, Chromium};
 use common::*;
-use futures_util::{SinkExt, StreamExt};
-use parking_lot::Mutex;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const TOPIC_PATH: &str = "/ws/prices/btc";
 
@@ -49,159 +40,6 @@ routes:
     )
 }
 
-/// A running Chromium in its own process group; the whole group is killed on drop, so no
-/// renderer or zygote outlives the test whichever way it ends.
-struct Chromium {
-    child: Child,
-    profile: PathBuf,
-    stderr: Arc<Mutex<Vec<String>>>,
-    /// `127.0.0.1:PORT` of the DevTools HTTP/WebSocket endpoint.
-    devtools: String,
-}
-
-impl Chromium {
-    fn launch(bin: &Path, profile: PathBuf) -> Chromium {
-        std::fs::create_dir_all(&profile).unwrap();
-        let mut child = Command::new(bin)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--disable-quic",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .args(["--remote-debugging-port=0", "about:blank"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let pipe = child.stderr.take().unwrap();
-        let lines = stderr.clone();
-        // Keep draining stderr for the browser's whole life so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("DevTools listening on ws://").nth(1) {
-                    let _ = tx.send(rest.split('/').next().unwrap_or_default().to_string());
-                }
-                lines.lock().push(line);
-            }
-        });
-        let mut browser = Chromium {
-            child,
-            profile,
-            stderr,
-            devtools: String::new(),
-        };
-        match rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(addr) => browser.devtools = addr,
-            Err(_) => panic!(
-                "chromium did not print its DevTools address within 15 s\n{}",
-                browser.stderr_text()
-            ),
-        }
-        browser
-    }
-
-    fn stderr_text(&self) -> String {
-        self.stderr.lock().join("\n")
-    }
-}
-
-impl Drop for Chromium {
-    fn drop(&mut self) {
-        // The group id is the child's pid (process_group(0)); `kill -KILL -PGID` ends the
-        // browser and every helper process it forked.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
-}
-
-/// A minimal CDP client on one page target: request/response by id, events collected.
-struct Cdp {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    next_id: u64,
-    /// Every URL the page asked the network for (`Network.requestWillBeSent`).
-    requests: Vec<String>,
-}
-
-impl Cdp {
-    async fn connect(url: &str) -> Cdp {
-        let (ws, _) = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio_tungstenite::connect_async(url),
-        )
-        .await
-        .expect("CDP connect timed out")
-        .expect("CDP connect");
-        Cdp {
-            ws,
-            next_id: 0,
-            requests: Vec::new(),
-        }
-    }
-
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let msg = json!({ "id": id, "method": method, "params": params });
-        self.ws
-            .send(Message::text(msg.to_string()))
-            .await
-            .expect("CDP send");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("CDP {method}: no answer within 10 s"));
-            let text = match frame {
-                Some(Ok(Message::Text(t))) => t,
-                Some(Ok(_)) => continue,
-                other => panic!("CDP {method}: socket ended: {other:?}"),
-            };
-            let v: Value = serde_json::from_str(&text).expect("CDP frame is JSON");
-            if v["method"] == "Network.requestWillBeSent" {
-                if let Some(u) = v["params"]["request"]["url"].as_str() {
-                    self.requests.push(u.to_string());
-                }
-            }
-            if v["id"] == id {
-                if let Some(e) = v.get("error") {
-                    panic!("CDP {method} failed: {e}");
-                }
-                return v["result"].clone();
-            }
-        }
-    }
-
-    /// Evaluates `expr` in the page and returns its value (JSON-serialisable results only).
-    async fn eval(&mut self, expr: &str) -> Value {
-        let r = self
-            .call(
-                "Runtime.evaluate",
-                json!({ "expression": expr, "returnByValue": true, "awaitPromise": true }),
-            )
-            .await;
-        if let Some(ex) = r.get("exceptionDetails") {
-            panic!("page threw evaluating {expr}: {ex}");
-        }
-        r["result"]["value"].clone()
-    }
-}
-
 /// The btc row as the page shows it: `{subscription, messages}` (read through the column
 /// headers, not positions), or null while the row is absent.
 const ROW: &str = r#"(() => {
@@ -221,41 +59,20 @@ const ROW: &str = r#"(() => {
 
 /// Polls the page (bounded) until `pred` holds for the btc row; returns that row.
 async fn wait_row(cdp: &mut Cdp, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let row = cdp.eval(ROW).await;
-        if pred(&row) {
-            return row;
-        }
-        if Instant::now() > deadline {
-            let body = cdp.eval("document.body.innerText").await;
-            panic!("status page never showed {what}; last row {row}\npage text:\n{body}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn chromium_path() -> PathBuf {
-    PathBuf::from(
-        std::env::var_os("POLLGATE_CHROMIUM").unwrap_or_else(|| "/usr/bin/chromium".into()),
+    cdp.wait_for(
+        &format!("the btc row with {what}"),
+        Duration::from_secs(10),
+        ROW,
+        pred,
     )
+    .await
 }
 
 #[tokio::test]
 async fn status_page_renders_topics_and_updates_live_in_a_browser() {
-    let bin = chromium_path();
-    if !bin.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} not found: CI must have chromium installed (apt-get install -y chromium)",
-            bin.display()
-        );
-        eprintln!(
-            "note: {} not found; skipping the status page browser test",
-            bin.display()
-        );
+    let Some(bin) = chromium_or_skip("the status page browser test") else {
         return;
-    }
+    };
     let started = Instant::now();
 
     // 1. A gateway with one latest-mode poll route, and a topic it has subscribed to.
@@ -273,34 +90,7 @@ async fn status_page_renders_topics_and_updates_live_in_a_browser() {
     // 2. The browser, a page target and the status page.
     let scratch = scratch_dir();
     let browser = Chromium::launch(&bin, scratch.join("chromium-profile"));
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let list_url = format!("http://{}/json/list", browser.devtools);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let page_ws = loop {
-        let targets: Value = match http.get(&list_url).send().await {
-            Ok(r) => serde_json::from_str(&r.text().await.unwrap_or_default()).unwrap_or_default(),
-            Err(_) => Value::Null,
-        };
-        let found = targets.as_array().and_then(|ts| {
-            ts.iter()
-                .find(|t| t["type"] == "page")
-                .and_then(|t| t["webSocketDebuggerUrl"].as_str())
-                .map(str::to_string)
-        });
-        if let Some(u) = found {
-            break u;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no page target in {list_url}: {targets}\n{}",
-            browser.stderr_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let mut cdp = Cdp::connect(&page_ws).await;
+    let mut cdp = browser.page().await;
     cdp.call("Network.enable", json!({})).await;
     cdp.call("Page.enable", json!({})).await;
     cdp.call(
@@ -353,9 +143,10 @@ async fn status_page_renders_topics_and_updates_live_in_a_browser() {
             .any(|u| u.starts_with(&format!("{origin}/topics"))),
         "the page never fetched /topics: {resources:?}"
     );
+    let requested = cdp.requested_urls();
     let external: Vec<&String> = resources
         .iter()
-        .chain(cdp.requests.iter())
+        .chain(requested.iter())
         .filter(|u| !u.starts_with(&format!("{origin}/")))
         .collect();
     assert!(external.is_empty(), "external assets loaded: {external:?}");

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod deploy;
 pub mod raw_upstream;
 pub mod recorder;
