@@ -241,8 +241,9 @@ fn chromium_path() -> PathBuf {
     )
 }
 
-#[tokio::test]
-async fn status_page_renders_topics_and_updates_live_in_a_browser() {
+/// The browser to test with; `None` (the test is skipped) when it is not installed, except
+/// under `CI`, where that fails.
+fn chromium_or_skip() -> Option<PathBuf> {
     let bin = chromium_path();
     if !bin.exists() {
         assert!(
@@ -254,25 +255,14 @@ async fn status_page_renders_topics_and_updates_live_in_a_browser() {
             "note: {} not found; skipping the status page browser test",
             bin.display()
         );
-        return;
+        return None;
     }
-    let started = Instant::now();
+    Some(bin)
+}
 
-    // 1. A gateway with one latest-mode poll route, and a topic it has subscribed to.
-    let up = Upstream::start().await;
-    up.publish(TOPIC_PATH, r#"{"price": 101}"#);
-    let gw = Gateway::start(&config(&up)).await;
-    let r = client()
-        .get(gw.url("/api/prices/btc"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), r#"{"price": 101}"#);
-
-    // 2. The browser, a page target and the status page.
-    let scratch = scratch_dir();
-    let browser = Chromium::launch(&bin, scratch.join("chromium-profile"));
+/// The browser's page target, connected, with the status page of `admin` loaded in a
+/// 1000 x 120 viewport.
+async fn open_status_page(browser: &Chromium, admin: std::net::SocketAddr) -> Cdp {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -309,11 +299,40 @@ async fn status_page_renders_topics_and_updates_live_in_a_browser() {
         json!({ "width": 1000, "height": 120, "deviceScaleFactor": 1, "mobile": false }),
     )
     .await;
-    let origin = format!("http://{}", gw.admin);
     let nav = cdp
-        .call("Page.navigate", json!({ "url": format!("{origin}/") }))
+        .call(
+            "Page.navigate",
+            json!({ "url": format!("http://{admin}/") }),
+        )
         .await;
     assert!(nav.get("errorText").is_none(), "navigation failed: {nav}");
+    cdp
+}
+
+#[tokio::test]
+async fn status_page_renders_topics_and_updates_live_in_a_browser() {
+    let Some(bin) = chromium_or_skip() else {
+        return;
+    };
+    let started = Instant::now();
+
+    // 1. A gateway with one latest-mode poll route, and a topic it has subscribed to.
+    let up = Upstream::start().await;
+    up.publish(TOPIC_PATH, r#"{"price": 101}"#);
+    let gw = Gateway::start(&config(&up)).await;
+    let r = client()
+        .get(gw.url("/api/prices/btc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), r#"{"price": 101}"#);
+
+    // 2. The browser, a page target and the status page.
+    let scratch = scratch_dir();
+    let browser = Chromium::launch(&bin, scratch.join("chromium-profile"));
+    let mut cdp = open_status_page(&browser, gw.admin).await;
+    let origin = format!("http://{}", gw.admin);
 
     let first = wait_row(&mut cdp, "btc live with a message count", |row| {
         row["subscription"] == "live" && row["messages"].as_str().is_some_and(|m| !m.is_empty())
@@ -395,4 +414,105 @@ async fn status_page_renders_topics_and_updates_live_in_a_browser() {
         started.elapsed(),
         scratch.join("status-page.png").display()
     );
+}
+
+/// The eth mismatch as the page shows it (cells read through the column headers), or null.
+const MISMATCH: &str = r#"(() => {
+  const tr = document.querySelector('tr[data-mismatch="eth"]');
+  if (!tr) return null;
+  const heads = [...tr.closest('table').querySelectorAll('th')].map(th => th.textContent);
+  const at = h => heads.includes(h) ? tr.children[heads.indexOf(h)].textContent : null;
+  const counts = document.querySelector('.shadow-mismatch');
+  return {
+    topic: at('topic'),
+    target: at('target'),
+    status: at('status (cache / backend)'),
+    differences: at('differences'),
+    counts: counts ? counts.textContent : null,
+    counts_class: counts ? counts.className : null,
+    topic_row: document.querySelector('tr[data-topic="eth"]') !== null,
+  };
+})()"#;
+
+#[tokio::test]
+async fn status_page_shows_shadow_mismatches_in_a_browser() {
+    let Some(bin) = chromium_or_skip() else {
+        return;
+    };
+    // A route whose backend answers its legacy endpoint differently from its feed.
+    let up = Upstream::start().await;
+    up.publish("/ws/prices/eth", r#"{"price":7}"#);
+    up.on_http(|_| Reply {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("cache-control".into(), "max-age=5".into()),
+        ],
+        body: br#"{"price":8}"#.to_vec(),
+        delay: Duration::ZERO,
+        chunked: false,
+    });
+    let shadowed = config(&up).replace(
+        "    first_message_wait: 2s\n",
+        "    first_message_wait: 2s\n    shadow:\n      sample: 1.0\n      headers: [Cache-Control]\n",
+    );
+    let gw = Gateway::start(&shadowed).await;
+    let r = client()
+        .get(gw.url("/api/prices/eth"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), r#"{"price":7}"#);
+    gw.wait_metric(
+        r#"pollgate_shadow_comparisons_total{result="mismatch",route="prices"}"#,
+        |v| v == 1.0,
+    )
+    .await;
+
+    let scratch = scratch_dir();
+    let browser = Chromium::launch(&bin, scratch.join("chromium-profile"));
+    let mut cdp = open_status_page(&browser, gw.admin).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let m = cdp.eval(MISMATCH).await;
+        if !m.is_null() {
+            break m;
+        }
+        if Instant::now() > deadline {
+            let body = cdp.eval("document.body.innerText").await;
+            panic!("the status page never showed the eth mismatch\npage text:\n{body}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(shown["topic"], "eth", "{shown}");
+    assert_eq!(shown["target"], "/api/prices/eth", "{shown}");
+    assert_eq!(shown["status"], "200 / 200", "{shown}");
+    let diffs = shown["differences"].as_str().unwrap_or_default();
+    assert!(diffs.contains("body /price: cache 7, backend 8"), "{shown}");
+    assert!(
+        diffs.contains("header cache-control: cache no-cache, backend max-age=5"),
+        "{shown}"
+    );
+    assert_eq!(shown["counts"], "mismatch 1", "{shown}");
+    assert!(
+        shown["counts_class"]
+            .as_str()
+            .is_some_and(|c| c.split(' ').any(|w| w == "bad")),
+        "{shown}"
+    );
+    assert_eq!(
+        shown["topic_row"], true,
+        "the topics table is still there: {shown}"
+    );
+
+    let origin = format!("http://{}/", gw.admin);
+    let external: Vec<&String> = cdp
+        .requests
+        .iter()
+        .filter(|u| !u.starts_with(&origin))
+        .collect();
+    assert!(external.is_empty(), "external assets loaded: {external:?}");
+    drop(cdp);
+    drop(browser);
 }
