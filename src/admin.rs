@@ -45,7 +45,8 @@ impl AdminApp {
         Ok(())
     }
 
-    /// Per route and topic: what an operator needs to see what the cache is doing.
+    /// Per route and topic: what an operator needs to see what the cache is doing; per route
+    /// with `shadow`, how the cache compares with the backend.
     pub fn topics_json(&self) -> serde_json::Value {
         let router = self.state.router();
         let mut routes = Vec::new();
@@ -73,11 +74,15 @@ impl AdminApp {
                 }));
             }
             topics.sort_by(|a, b| a["topic"].as_str().cmp(&b["topic"].as_str()));
-            routes.push(serde_json::json!({
+            let mut route = serde_json::json!({
                 "route": &*entry.route.name,
                 "mode": match hub.poll().mode { crate::config::Mode::Latest => "latest", crate::config::Mode::Since => "since" },
                 "topics": topics,
-            }));
+            });
+            if let Some(s) = entry.shadow.report() {
+                route["shadow"] = s;
+            }
+            routes.push(route);
         }
         serde_json::json!({
             "routes": routes,

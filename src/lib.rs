@@ -14,7 +14,8 @@
 //!   [`proxy::forward`] through [`proxy::upstream`] (pingora's HTTP/1 client and pool, also
 //!   used by [`proxy::access`] for `auth_request`); bodies and WebSocket handshakes go to
 //!   pingora's proxy with [`proxy::Gateway`]. [`proxy::headers`]: one set of hop-by-hop and
-//!   `X-Forwarded-*` rules for both.
+//!   `X-Forwarded-*` rules for both. [`proxy::shadow`]: sampled polls also asked of the backend,
+//!   off the client's path, and compared with the cache (`shadow` on a poll route).
 //! - [`topic`]: topic names (dot segments refused) and the one encoder for upstream paths.
 //! - [`cache`]: per route, a map of topics; each topic a ring of messages with a change signal.
 //! - [`subscription`]: a [`subscription::Hub`] per poll route owns its cache and the upstream

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub fallback_requests: IntCounterVec,
     pub fallback_collapsed: IntCounterVec,
+    pub shadow_comparisons: IntCounterVec,
 }
 
 /// The process-wide metrics.
@@ -190,6 +191,12 @@ impl Metrics {
                 "pollgate_fallback_collapsed_total",
                 "Poll fallbacks answered by another poll's backend request (collapsed)",
                 &["route"],
+            ),
+            shadow_comparisons: counter_vec(
+                &r,
+                "pollgate_shadow_comparisons_total",
+                "Shadow comparisons of the cache's answer with the backend's own, by result (match, mismatch, error)",
+                &["route", "result"],
             ),
             registry: r,
         }

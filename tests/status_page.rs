@@ -187,3 +187,107 @@ async fn status_page_renders_topics_and_updates_live_in_a_browser() {
         scratch.join("status-page.png").display()
     );
 }
+
+/// The eth mismatch as the page shows it (cells read through the column headers), or null.
+const MISMATCH: &str = r#"(() => {
+  const tr = document.querySelector('tr[data-mismatch="eth"]');
+  if (!tr) return null;
+  const heads = [...tr.closest('table').querySelectorAll('th')].map(th => th.textContent);
+  const at = h => heads.includes(h) ? tr.children[heads.indexOf(h)].textContent : null;
+  const counts = document.querySelector('.shadow-mismatch');
+  return {
+    topic: at('topic'),
+    target: at('target'),
+    status: at('status (cache / backend)'),
+    differences: at('differences'),
+    counts: counts ? counts.textContent : null,
+    counts_class: counts ? counts.className : null,
+    topic_row: document.querySelector('tr[data-topic="eth"]') !== null,
+  };
+})()"#;
+
+#[tokio::test]
+async fn status_page_shows_shadow_mismatches_in_a_browser() {
+    let Some(bin) = chromium_or_skip("the status page's shadow view") else {
+        return;
+    };
+    // A route whose backend answers its legacy endpoint differently from its feed.
+    let up = Upstream::start().await;
+    up.publish("/ws/prices/eth", r#"{"price":7}"#);
+    up.on_http(|_| Reply {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("cache-control".into(), "max-age=5".into()),
+        ],
+        body: br#"{"price":8}"#.to_vec(),
+        delay: Duration::ZERO,
+        chunked: false,
+    });
+    let shadowed = config(&up).replace(
+        "    first_message_wait: 2s\n",
+        "    first_message_wait: 2s\n    shadow:\n      sample: 1.0\n      headers: [Cache-Control]\n",
+    );
+    let gw = Gateway::start(&shadowed).await;
+    let r = client()
+        .get(gw.url("/api/prices/eth"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), r#"{"price":7}"#);
+    gw.wait_metric(
+        r#"pollgate_shadow_comparisons_total{result="mismatch",route="prices"}"#,
+        |v| v == 1.0,
+    )
+    .await;
+
+    let scratch = scratch_dir();
+    let browser = Chromium::launch(&bin, scratch.join("chromium-profile"));
+    let mut cdp = browser.page().await;
+    cdp.call("Network.enable", json!({})).await;
+    cdp.call("Page.enable", json!({})).await;
+    cdp.navigate(&format!("http://{}/", gw.admin)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let m = cdp.eval(MISMATCH).await;
+        if !m.is_null() {
+            break m;
+        }
+        if Instant::now() > deadline {
+            let body = cdp.eval("document.body.innerText").await;
+            panic!("the status page never showed the eth mismatch\npage text:\n{body}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(shown["topic"], "eth", "{shown}");
+    assert_eq!(shown["target"], "/api/prices/eth", "{shown}");
+    assert_eq!(shown["status"], "200 / 200", "{shown}");
+    let diffs = shown["differences"].as_str().unwrap_or_default();
+    assert!(diffs.contains("body /price: cache 7, backend 8"), "{shown}");
+    assert!(
+        diffs.contains("header cache-control: cache no-cache, backend max-age=5"),
+        "{shown}"
+    );
+    assert_eq!(shown["counts"], "mismatch 1", "{shown}");
+    assert!(
+        shown["counts_class"]
+            .as_str()
+            .is_some_and(|c| c.split(' ').any(|w| w == "bad")),
+        "{shown}"
+    );
+    assert_eq!(
+        shown["topic_row"], true,
+        "the topics table is still there: {shown}"
+    );
+
+    let origin = format!("http://{}/", gw.admin);
+    let external: Vec<String> = cdp
+        .requested_urls()
+        .into_iter()
+        .filter(|u| !u.starts_with(&origin))
+        .collect();
+    assert!(external.is_empty(), "external assets loaded: {external:?}");
+    drop(cdp);
+    drop(browser);
+}

@@ -3,6 +3,7 @@
 
 use super::access::AccessCache;
 use super::handshake::Upgrade;
+use super::shadow::ShadowLog;
 use crate::cache::Store;
 use crate::config::{Config, Matcher, Route};
 use crate::subscription::Hub;
@@ -20,7 +21,7 @@ pub struct RouteEntry {
     /// Fallbacks to the backend under way, collapsed (poll routes).
     pub flights: super::fallback::Flights,
     /// Shadow comparisons of this route (`shadow`).
-    pub shadow: Arc<super::shadow::ShadowLog>,
+    pub shadow: Arc<ShadowLog>,
     /// WebSocket tunnels open on this route, for its `max_websockets`.
     pub websockets: Arc<AtomicUsize>,
 }
@@ -60,12 +61,16 @@ impl Router {
         let mut old: HashMap<&str, &Arc<Hub>> = HashMap::new();
         // Open tunnels keep counting against their route's cap across a reload.
         let mut tunnels: HashMap<&str, &Arc<AtomicUsize>> = HashMap::new();
+        // A route's shadow record (counts, recent mismatches, rate budget) survives a reload:
+        // the rollout's steps are reloads, and its evidence must stay.
+        let mut shadows: HashMap<&str, &ShadowLog> = HashMap::new();
         if let Some(prev) = previous {
             for e in &prev.entries {
                 if let Some(h) = &e.hub {
                     old.insert(&e.route.name, h);
                 }
                 tunnels.insert(&e.route.name, &e.websockets);
+                shadows.insert(&e.route.name, &e.shadow);
             }
         }
         let entries = config
@@ -81,12 +86,17 @@ impl Router {
                     }
                     _ => Hub::new(r, poll.clone(), store.clone()),
                 });
+                let shadow = Arc::new(ShadowLog::new(
+                    &r.name,
+                    r.poll.as_ref().and_then(|p| p.shadow.clone()),
+                    shadows.get(&*r.name).copied(),
+                ));
                 RouteEntry {
                     route: r.clone(),
                     hub,
                     access: AccessCache::default(),
                     flights: Default::default(),
-                    shadow: Default::default(),
+                    shadow,
                     websockets: tunnels
                         .get(&*r.name)
                         .map(|c| Arc::clone(c))
@@ -204,5 +214,7 @@ fn same_poll(a: &crate::config::PollRoute, b: &crate::config::PollRoute) -> bool
         && a.cursor_param == b.cursor_param
         && a.hold_on == b.hold_on
         && a.response_headers == b.response_headers
-        && a.shadow == b.shadow
+    // `shadow` is left out: it shapes neither the cache nor the subscription, and it is read
+    // from the route's `ShadowLog`, rebuilt with every config. Switching `serve` to `cache`
+    // must not empty the cache it is about to serve from.
 }

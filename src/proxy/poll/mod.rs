@@ -185,7 +185,9 @@ where
             return reject(hub, reason, &e.to_string());
         }
     };
-    if let Some(sh) = &poll.shadow {
+    // The shadow settings come from the route's `ShadowLog`, not `poll`: a reload that changes
+    // only them keeps the hub (and `poll` with it).
+    if let Some(sh) = route.shadow.config() {
         route.shadow.offer(shadow::Offer {
             hub,
             client: route.client,
@@ -449,11 +451,13 @@ async fn since<G: Future>(mut h: Hold<'_, '_, G>, ask: &Ask, stale: bool) -> Opt
 
 /// What the cache would answer right now to a plain GET of `topic` with `query` (no
 /// conditionals, no hold): status, the header lines compared by shadow checks, body. `None`
-/// while the topic has nothing cached.
+/// while the topic has nothing cached. The lines are the answer's fixed ones and the route's
+/// `response_headers`; lines that vary per request (`Age`, `Date`, `Pollgate-Stale`,
+/// `Preference-Applied`) are left out.
 pub fn cache_view(hub: &Hub, topic: &str, query: Option<&str>) -> Option<CacheView> {
     let poll = hub.poll();
     let t = hub.cache.get(topic)?;
-    match poll.mode {
+    let mut view = match poll.mode {
         Mode::Latest => {
             let msg = t.latest()?;
             let lines = msg
@@ -466,11 +470,11 @@ pub fn cache_view(hub: &Hub, topic: &str, query: Option<&str>) -> Option<CacheVi
                         .collect()
                 })
                 .unwrap_or_default();
-            Some(CacheView {
+            CacheView {
                 status: 200,
                 headers: lines,
                 body: msg.payload.clone(),
-            })
+            }
         }
         Mode::Since => {
             let cursor = cursor_of(query, None, poll).ok()?;
@@ -478,16 +482,39 @@ pub fn cache_view(hub: &Hub, topic: &str, query: Option<&str>) -> Option<CacheVi
             if t.is_empty() {
                 return None;
             }
-            Some(CacheView {
-                status: 200,
-                headers: vec![(
-                    "Content-Type".into(),
+            let body = since_body(&got);
+            // The same fixed lines as `since` writes.
+            let mut headers = vec![
+                (
+                    name::CONTENT_TYPE.into(),
                     HeaderValue::from_str(&poll.content_type).ok()?,
-                )],
-                body: since_body(&got),
-            })
+                ),
+                (name::CONTENT_LENGTH.into(), HeaderValue::from(body.len())),
+                (
+                    name::CACHE_CONTROL.into(),
+                    HeaderValue::from_static("no-store"),
+                ),
+                (
+                    name::ETAG.into(),
+                    HeaderValue::from_str(&format!("\"{}\"", got.cursor)).ok()?,
+                ),
+                (
+                    name::POLLGATE_CURSOR.into(),
+                    HeaderValue::from_str(&got.cursor).ok()?,
+                ),
+            ];
+            if got.gap {
+                headers.push((name::POLLGATE_GAP.into(), HeaderValue::from_static("true")));
+            }
+            CacheView {
+                status: 200,
+                headers,
+                body,
+            }
         }
-    }
+    };
+    view.headers.extend(poll.response_headers.iter().cloned());
+    Some(view)
 }
 
 /// See [`cache_view`].
