@@ -56,15 +56,6 @@ enum Served {
     Pingora(usize, Option<u64>),
 }
 
-/// Why reading a head stopped.
-enum HeadEnd {
-    Ready,
-    /// Closed, idle past its time, or the server is draining: close quietly.
-    Done,
-    /// The head did not arrive in time.
-    TimedOut,
-}
-
 impl ConnectionApp {
     pub fn new(proxy: HttpProxy<Gateway>, state: GatewayState) -> ConnectionApp {
         ConnectionApp {
@@ -91,46 +82,53 @@ impl ConnectionApp {
         let mut first = Some(accepted);
         loop {
             let limits = self.state.limits();
-            match read_head(&mut io, &mut buf, first.take(), &limits, &mut drain).await {
-                HeadEnd::Ready => {}
-                HeadEnd::Done => return,
-                HeadEnd::TimedOut => {
-                    if !buf.is_empty() {
-                        let a = Answer::error(
-                            408,
-                            "request head not received within header_read_timeout",
-                        );
-                        let _ = wire::send_answer(&mut io, &mut out, &a, false, false).await;
-                        self.log_local(client.as_deref(), 408, accepted.elapsed());
-                    }
-                    return;
-                }
-            }
-            let draining = *shutdown.borrow();
+            // The first head is timed from the accept; a later one from its first byte.
+            let mut deadline = first.take().map(|a| a + limits.header_read_timeout);
             let mut pipelined = BytesMut::new();
-            let (served, len) = {
-                let mut headers = request::Slots::new();
-                match request::parse(&buf, &mut headers, &limits) {
-                    // `read_head` returns only when the head is complete or refused.
-                    Parsed::Partial => (Served::Close, 0),
-                    Parsed::Invalid(r) => {
-                        let start = Instant::now();
-                        let a = Answer::error(r.status, r.reason).closing(true);
-                        let _ = wire::send_answer(&mut io, &mut out, &a, false, false).await;
-                        self.log_local(client.as_deref(), r.status, start.elapsed());
-                        (Served::Close, 0)
+            // Each head is parsed once when complete: the partial parses before are the only
+            // repeats, and most heads arrive in one read.
+            let (served, len) = loop {
+                if !buf.is_empty() {
+                    deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + limits.header_read_timeout
+                    });
+                    let mut slots = request::Slots::new();
+                    match request::parse(&buf, &mut slots, &limits) {
+                        Parsed::Partial => {}
+                        Parsed::Invalid(r) => {
+                            let start = Instant::now();
+                            let a = Answer::error(r.status, r.reason).closing(true);
+                            let _ = wire::send_answer(&mut io, &mut out, &a, false, false).await;
+                            self.log_local(client.as_deref(), r.status, start.elapsed());
+                            break (Served::Close, 0);
+                        }
+                        Parsed::Complete(head) => {
+                            let len = head.len;
+                            let mut conn = Conn {
+                                io: &mut io,
+                                out: &mut out,
+                                pipelined: &mut pipelined,
+                                ip,
+                                client: &client,
+                                draining: *shutdown.borrow(),
+                            };
+                            break (self.dispatch(&head, &mut conn, buf.len()).await, len);
+                        }
                     }
-                    Parsed::Complete(head) => {
-                        let len = head.len;
-                        let mut conn = Conn {
-                            io: &mut io,
-                            out: &mut out,
-                            pipelined: &mut pipelined,
-                            ip,
-                            client: &client,
-                            draining,
-                        };
-                        (self.dispatch(&head, &mut conn, buf.len()).await, len)
+                }
+                match read_more(&mut io, &mut buf, deadline, &limits, &mut drain).await {
+                    More::Read => {}
+                    More::Done => return,
+                    More::TimedOut => {
+                        if !buf.is_empty() {
+                            let a = Answer::error(
+                                408,
+                                "request head not received within header_read_timeout",
+                            );
+                            let _ = wire::send_answer(&mut io, &mut out, &a, false, false).await;
+                            self.log_local(client.as_deref(), 408, accepted.elapsed());
+                        }
+                        return;
                     }
                 }
             };
@@ -389,11 +387,20 @@ impl ConnectionApp {
         accepted: tokio::time::Instant,
     ) {
         let limits = self.state.limits();
-        if !matches!(
-            read_head(io, buf, Some(accepted), &limits, drain).await,
-            HeadEnd::Ready
-        ) {
-            return;
+        let deadline = Some(accepted + limits.header_read_timeout);
+        loop {
+            let mut slots = request::Slots::new();
+            if !buf.is_empty()
+                && !matches!(request::parse(buf, &mut slots, &limits), Parsed::Partial)
+            {
+                break;
+            }
+            if !matches!(
+                read_more(io, buf, deadline, &limits, drain).await,
+                More::Read
+            ) {
+                return;
+            }
         }
         METRICS
             .rejected
@@ -431,51 +438,48 @@ impl ServerApp for ConnectionApp {
     }
 }
 
-/// Reads until `buf` starts with a complete (or a refused) request head. `accepted`: this is
-/// the connection's first request, whose head is timed from the accept; otherwise the wait for
-/// a first byte is bounded by `keepalive_timeout` and the head by `header_read_timeout` from
-/// that byte (bytes already buffered count as arrived now).
-async fn read_head(
+/// Why reading more of a head stopped.
+enum More {
+    Read,
+    /// Closed, idle past `keepalive_timeout`, or the server is draining: close quietly.
+    Done,
+    /// The head did not arrive by its deadline.
+    TimedOut,
+}
+
+/// Reads more of a request head: within `deadline` once a head has begun (or since the
+/// accept), else waiting up to `keepalive_timeout` for a first byte (a server shutdown ends
+/// that wait too).
+async fn read_more(
     io: &mut Stream,
     buf: &mut BytesMut,
-    accepted: Option<tokio::time::Instant>,
+    deadline: Option<tokio::time::Instant>,
     limits: &crate::config::Limits,
     drain: &mut ShutdownWatch,
-) -> HeadEnd {
-    let timeout = limits.header_read_timeout;
-    let mut deadline = accepted.map(|a| a + timeout);
-    loop {
-        if !buf.is_empty() {
-            deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
-            let mut headers = request::Slots::new();
-            if !matches!(request::parse(buf, &mut headers, limits), Parsed::Partial) {
-                return HeadEnd::Ready;
+) -> More {
+    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK);
+    }
+    let read = match deadline {
+        Some(d) => match tokio::time::timeout_at(d, io.read_buf(buf)).await {
+            Ok(r) => r,
+            Err(_) => return More::TimedOut,
+        },
+        None => {
+            if *drain.borrow() {
+                return More::Done;
+            }
+            tokio::select! {
+                biased;
+                r = io.read_buf(buf) => r,
+                _ = tokio::time::sleep(limits.keepalive_timeout) => return More::Done,
+                _ = drain.changed() => return More::Done,
             }
         }
-        if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-            buf.reserve(READ_CHUNK);
-        }
-        let read = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, io.read_buf(buf)).await {
-                Ok(r) => r,
-                Err(_) => return HeadEnd::TimedOut,
-            },
-            None => {
-                if *drain.borrow() {
-                    return HeadEnd::Done;
-                }
-                tokio::select! {
-                    biased;
-                    r = io.read_buf(buf) => r,
-                    _ = tokio::time::sleep(limits.keepalive_timeout) => return HeadEnd::Done,
-                    _ = drain.changed() => return HeadEnd::Done,
-                }
-            }
-        };
-        match read {
-            Ok(n) if n > 0 => {}
-            _ => return HeadEnd::Done,
-        }
+    };
+    match read {
+        Ok(n) if n > 0 => More::Read,
+        _ => More::Done,
     }
 }
 

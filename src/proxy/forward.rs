@@ -62,8 +62,10 @@ pub struct Client<'a> {
 
 /// The request head for the upstream, built the way pingora's proxy builds it from the same
 /// bytes: method, target, the headers in order with their case, then `headers.rs`'s rules.
+/// Names and values are slices of one copy of the head (`raw`), not one allocation each.
 pub fn upstream_request(
     head: &RequestHead<'_>,
+    raw: &Bytes,
     ip: Option<IpAddr>,
     up: &Upstream,
 ) -> Option<RequestHeader> {
@@ -74,12 +76,18 @@ pub fn upstream_request(
     )
     .ok()?;
     for h in head.headers {
-        let name = Bytes::copy_from_slice(h.name.as_bytes());
-        req.append_header(name, pingora_http::header_value_from_slice(h.value))
-            .ok()?;
+        let name = copy_of(raw, head.raw, h.name.as_bytes())?;
+        let value = http::HeaderValue::from_maybe_shared(copy_of(raw, head.raw, h.value)?).ok()?;
+        req.append_header(name, value).ok()?;
     }
     headers::upstream_request(&mut req, ip.map(|ip| ip.to_string()), false, up);
     Some(req)
+}
+
+/// The part of `copy` (a copy of `original`) where `part` (a slice of `original`) lies.
+fn copy_of(copy: &Bytes, original: &[u8], part: &[u8]) -> Option<Bytes> {
+    let start = (part.as_ptr() as usize).checked_sub(original.as_ptr() as usize)?;
+    (start + part.len() <= copy.len()).then(|| copy.slice(start..start + part.len()))
 }
 
 /// Forwards `head` to `entry`'s upstream and relays the answer to the client.
@@ -90,10 +98,7 @@ pub async fn forward(
     entry: &RouteEntry,
 ) -> Forwarded {
     let up = &entry.route.upstream;
-    let result = match upstream_request(head, c.ip, up) {
-        Some(req) => exchange(upstream, c, head, up, req).await,
-        None => Err((Failure::Protocol, None)),
-    };
+    let result = exchange(upstream, c, head, up).await;
     match result {
         Ok((status, keep_alive)) => Forwarded {
             status,
@@ -152,7 +157,6 @@ async fn exchange(
     c: &mut Client<'_>,
     head: &RequestHead<'_>,
     up: &Upstream,
-    req: RequestHeader,
 ) -> Exchanged {
     let fail = |f: Failure| Err((f, None));
     // A pooled connection the upstream closed while it was idle fails before any answer byte:
@@ -163,23 +167,19 @@ async fn exchange(
         "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
     );
     let mut retried = false;
-    let mut req = Some(req);
+    let raw = Bytes::copy_from_slice(head.raw);
     let mut s = loop {
         let (mut s, reused) = match upstream.session(up).await {
             Ok(s) => s,
             Err(f) => return fail(f),
         };
         let retriable = reused && idempotent && !retried;
-        let this = match (retriable, &mut req) {
-            (true, Some(r)) => r.clone(),
-            (false, r) => match r.take() {
-                Some(r) => r,
-                None => return fail(Failure::Protocol),
-            },
-            (true, None) => return fail(Failure::Protocol),
+        // Built again for a retry, rather than cloned for one that rarely comes.
+        let Some(req) = upstream_request(head, &raw, c.ip, up) else {
+            return fail(Failure::Protocol);
         };
         let first = tokio::select! {
-            r = send_and_read(&mut s, this) => r,
+            r = send_and_read(&mut s, req) => r,
             _ = client_gone(c.io, c.pipelined) => return fail(Failure::Downstream),
         };
         match first {

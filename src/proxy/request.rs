@@ -67,6 +67,9 @@ pub enum Body {
 pub struct RequestHead<'b> {
     /// Bytes of the head in the buffer, leading empty lines included.
     pub len: usize,
+    /// The head's bytes (`&buf[..len]`): the method, target and header names and values are
+    /// slices of it.
+    pub raw: &'b [u8],
     pub method: &'b str,
     /// The request target as sent (origin-form: path and query).
     pub target: &'b str,
@@ -204,7 +207,7 @@ fn parse_in<'b>(
         }
         Err(_) => return Parsed::Invalid(refuse(400, "malformed request head")),
     };
-    match validate(req, len, limits) {
+    match validate(req, &buf[..len], limits) {
         Ok(head) => Parsed::Complete(head),
         Err(r) => Parsed::Invalid(r),
     }
@@ -224,9 +227,10 @@ fn request_line_too_long(buf: &[u8], limits: &Limits) -> bool {
 
 fn validate<'b>(
     req: httparse::Request<'b, 'b>,
-    len: usize,
+    raw: &'b [u8],
     limits: &Limits,
 ) -> Result<RequestHead<'b>, Refusal> {
+    let len = raw.len();
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Err(refuse(400, "malformed request line"));
     };
@@ -347,6 +351,7 @@ fn validate<'b>(
     let keep_alive = keeps_alive(http10, close, keep_alive_token);
     Ok(RequestHead {
         len,
+        raw,
         method,
         target,
         path,

@@ -1,25 +1,41 @@
 //! The one HTTP client pollgate uses for its own upstream requests (forwarded requests on
-//! pollgate's connections, poll fallbacks, `auth_request` checks): pingora-core's HTTP/1
-//! connector, client session and connection pool, the same code pingora's proxy runs. Also the
-//! one mapping from upstream failures to statuses and metric labels, shared with
-//! `Gateway::fail_to_proxy`.
+//! pollgate's connections, poll fallbacks, `auth_request` checks): pingora-core's transport
+//! connector and HTTP/1 client session, the code pingora's proxy runs, with an idle pool of
+//! pollgate's own. Also the one mapping from upstream failures to statuses and metric labels,
+//! shared with `Gateway::fail_to_proxy`.
+//!
+//! Why not pingora's pool: it spawns a task to watch every released connection and hands the
+//! connection back through a lock that task holds, a task spawn and two wake-ups per request;
+//! measured side by side (docs/benchmarks.md) it halved plain-proxy throughput. Here an idle
+//! connection just waits in a list; whether it is still usable is asked of the kernel when it
+//! is taken (a non-blocking peek: closed, or holding bytes nobody asked for, it is dropped).
+//! Framing, keep-alive and reuse decisions stay pingora's (`HttpSession::reuse`).
 
 use crate::config::Upstream;
-use pingora_core::connectors::http::v1::Connector;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::http::v1::client::HttpSession;
+use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType};
+use std::net::SocketAddr;
+use std::time::Instant;
 
-/// Pooled HTTP/1 connections to every upstream. A cheap-clone handle would add nothing: one
-/// lives in the gateway state for the process's life.
+/// Idle connections kept per upstream.
+const MAX_IDLE: usize = 256;
+
+/// Connections to every upstream. One lives in the gateway state for the process's life.
 pub struct UpstreamClient {
-    connector: Connector,
+    connector: TransportConnector,
+    idle: DashMap<SocketAddr, Mutex<Vec<(Stream, Instant)>>>,
 }
 
 impl Default for UpstreamClient {
     fn default() -> Self {
         UpstreamClient {
-            connector: Connector::new(None),
+            connector: TransportConnector::new(None),
+            idle: DashMap::new(),
         }
     }
 }
@@ -39,32 +55,71 @@ pub fn peer(up: &Upstream, tunnel: bool) -> HttpPeer {
 }
 
 impl UpstreamClient {
-    /// A session to `up`, reused from the pool when one is idle there. `.1`: it was reused.
+    /// A session to `up`, on an idle connection when one is usable. `.1`: it was reused.
     pub async fn session(&self, up: &Upstream) -> Result<(HttpSession, bool), Failure> {
         let peer = peer(up, false);
-        let (mut s, reused) = self
-            .connector
-            .get_http_session(&peer)
-            .await
-            .map_err(|e| Failure::of(&e))?;
+        let (stream, reused) = match self.take_idle(up) {
+            Some(s) => (s, true),
+            None => (
+                self.connector
+                    .new_stream(&peer)
+                    .await
+                    .map_err(|e| Failure::of(&e))?,
+                false,
+            ),
+        };
+        let mut s = HttpSession::new_with_options(stream, &peer);
         s.read_timeout = peer.options.read_timeout;
         s.write_timeout = peer.options.write_timeout;
         Ok((s, reused))
     }
 
-    /// Gives a finished session back to the pool if it can carry another request and the
-    /// upstream allows keep-alive; closes it otherwise.
-    pub async fn release(&self, session: HttpSession, up: &Upstream) {
+    /// Gives a finished session back: its connection waits for the next request if pingora's
+    /// client finds it reusable (the answer was read whole, nothing more came, keep-alive) and
+    /// the upstream allows keep-alive; otherwise it is closed.
+    pub async fn release(&self, mut session: HttpSession, up: &Upstream) {
         if !up.keepalive {
-            let mut session = session;
             session.shutdown().await;
             return;
         }
-        let peer = peer(up, false);
-        self.connector
-            .release_http_session(session, &peer, Some(up.idle_timeout))
-            .await;
+        session.respect_keepalive();
+        if let Some(stream) = session.reuse().await {
+            let list = self.idle.entry(up.socket_addr).or_default();
+            let mut idle = list.lock();
+            if idle.len() < MAX_IDLE {
+                idle.push((stream, Instant::now()));
+            }
+        }
     }
+
+    /// The newest idle connection to `up` that is still usable: younger than `idle_timeout`,
+    /// not closed by the upstream, holding no bytes nobody asked for (a stray `408` taken as
+    /// this request's answer would be a wrong answer).
+    fn take_idle(&self, up: &Upstream) -> Option<Stream> {
+        let list = self.idle.get(&up.socket_addr)?;
+        loop {
+            let (stream, since) = list.lock().pop()?;
+            if since.elapsed() < up.idle_timeout && quiet(&stream) {
+                return Some(stream);
+            }
+        }
+    }
+}
+
+/// Whether an idle connection has neither been closed nor written to: one non-blocking
+/// `MSG_PEEK` asks the kernel (the runtime may not have seen what arrived while this thread was
+/// busy).
+fn quiet(stream: &Stream) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    let mut probe = [0u8; 1];
+    matches!(
+        recv(
+            stream.id(),
+            &mut probe,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+        ),
+        Err(nix::errno::Errno::EAGAIN)
+    )
 }
 
 /// Why an upstream exchange failed, as the answer and the metric name it.
