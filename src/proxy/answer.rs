@@ -156,6 +156,17 @@ pub fn error_body(status: u16, message: &str) -> Bytes {
     Bytes::from(serde_json::to_vec(&v).expect("json serialises"))
 }
 
+/// An `Age` value: the common small ones without an allocation.
+pub fn age_value(secs: u64) -> HeaderValue {
+    const SMALL: [&str; 16] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
+    ];
+    match SMALL.get(secs as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(secs),
+    }
+}
+
 /// The message of an error answer for a request that could not be proxied (or built).
 pub fn proxy_error_message(status: u16) -> &'static str {
     match status {

@@ -90,7 +90,7 @@ fn vary(headers: &mut Vec<(&'static str, HeaderValue)>, cors: &Cors) {
 }
 
 /// The CORS lines of an answer to an allowed (or same-origin) request.
-fn lines(cors: &Cors, check: &OriginCheck) -> Vec<(&'static str, HeaderValue)> {
+pub fn lines(cors: &Cors, check: &OriginCheck) -> Vec<(&'static str, HeaderValue)> {
     let mut out = Vec::with_capacity(4);
     if let OriginCheck::Allowed(origin) = check {
         out.push(("Access-Control-Allow-Origin", origin.clone()));

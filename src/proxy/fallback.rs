@@ -151,23 +151,26 @@ fn key_of<H: HeaderSource + ?Sized>(ask: &Ask<'_, H>) -> [u8; 20] {
 
 /// The shared request: the poll as a GET, without what is this poller's own.
 fn request<H: HeaderSource + ?Sized>(ask: &Ask<'_, H>, up: &Upstream) -> Option<RequestHeader> {
-    let mut req = RequestHeader::build("GET", ask.target.as_bytes(), None).ok()?;
-    for (name, value) in all_headers(ask.headers) {
-        if !PRIVATE.iter().any(|p| name.eq_ignore_ascii_case(p)) {
-            req.append_header(Bytes::copy_from_slice(name.as_bytes()), value)
-                .ok()?;
-        }
-    }
-    headers::upstream_request(&mut req, ask.client_ip.map(|ip| ip.to_string()), false, up);
-    Some(req)
-}
-
-/// Every header of the request, in order. `HeaderSource` answers by name; a poll's header set
-/// is small, so the names are found through the known ones plus what the source lists.
-fn all_headers<H: HeaderSource + ?Sized>(src: &H) -> Vec<(String, HeaderValue)> {
-    src.all()
-        .map(|(n, v)| (n.to_string(), pingora_http::header_value_from_slice(v)))
-        .collect()
+    let lines: Vec<_> = ask
+        .headers
+        .all()
+        .filter(|(name, _)| !PRIVATE.iter().any(|p| name.eq_ignore_ascii_case(p)))
+        .map(|(n, v)| {
+            (
+                Bytes::copy_from_slice(n.as_bytes()),
+                pingora_http::header_value_from_slice(v),
+            )
+        })
+        .collect();
+    headers::upstream_request(
+        "GET",
+        ask.target.as_bytes(),
+        lines.into_iter(),
+        ask.headers.values("connection"),
+        ask.client_ip,
+        false,
+        up,
+    )
 }
 
 /// Asks the backend the poll's GET, without what is the poller's own (conditionals, `Prefer`,

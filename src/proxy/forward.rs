@@ -16,6 +16,7 @@ use super::wire;
 use crate::config::Upstream;
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
+use http::HeaderValue;
 use pingora_core::protocols::http::v1::client::HttpSession;
 use pingora_core::protocols::Stream;
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -69,19 +70,21 @@ pub fn upstream_request(
     ip: Option<IpAddr>,
     up: &Upstream,
 ) -> Option<RequestHeader> {
-    let mut req = RequestHeader::build(
+    let lines = head.headers.iter().filter_map(|h| {
+        let name = copy_of(raw, head.raw, h.name.as_bytes())?;
+        let value = HeaderValue::from_maybe_shared(copy_of(raw, head.raw, h.value)?).ok()?;
+        Some((name, value))
+    });
+    let connection = head.values("connection");
+    headers::upstream_request(
         head.method,
         head.target.as_bytes(),
-        Some(head.headers.len() + 5),
+        lines,
+        connection,
+        ip,
+        false,
+        up,
     )
-    .ok()?;
-    for h in head.headers {
-        let name = copy_of(raw, head.raw, h.name.as_bytes())?;
-        let value = http::HeaderValue::from_maybe_shared(copy_of(raw, head.raw, h.value)?).ok()?;
-        req.append_header(name, value).ok()?;
-    }
-    headers::upstream_request(&mut req, ip.map(|ip| ip.to_string()), false, up);
-    Some(req)
 }
 
 /// The part of `copy` (a copy of `original`) where `part` (a slice of `original`) lies.
@@ -202,8 +205,7 @@ async fn exchange(
             return fail(Failure::Protocol);
         }
         if status >= 200 {
-            let mut resp = resp.clone();
-            return relay(upstream, c, head, up, s, &mut resp).await;
+            return relay(upstream, c, head, up, s).await;
         }
         // Interim answers (103 Early Hints) reach HTTP/1.1 clients only: HTTP/1.0 has none.
         if !http10 {
@@ -280,68 +282,112 @@ fn ends_chunked(te: &str) -> bool {
         .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
 }
 
-/// Sets this hop's framing headers on a relayed answer. The upstream's stay where they are
-/// when they suit this hop; only what must change is rewritten (pingora's client already
-/// dropped a `Content-Length` that came with `Transfer-Encoding`). Returns whether the client
-/// connection can stay open and whether the body goes chunked.
+/// This hop's framing of a relayed answer: the framing headers it carries (the upstream's
+/// own, when they suit this hop) and whether the body goes chunked and the connection stays
+/// open. pingora's client already dropped a `Content-Length` that came with
+/// `Transfer-Encoding`.
+struct ClientFraming {
+    /// Keep the upstream's `Content-Length` / `Transfer-Encoding` lines as they are.
+    keep_length: bool,
+    keep_te: bool,
+    /// A framing line to write instead.
+    line: Option<(&'static str, HeaderValue)>,
+    chunked: bool,
+    keep_alive: bool,
+}
+
 fn frame_for_client(
-    resp: &mut ResponseHeader,
+    resp: &ResponseHeader,
     framing: Framing,
     http10: bool,
     keep_alive: bool,
-) -> (bool, bool) {
+) -> ClientFraming {
     let status = resp.status.as_u16();
-    let te = resp
-        .headers
-        .get(http::header::TRANSFER_ENCODING)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let te = resp.headers.get(http::header::TRANSFER_ENCODING);
+    let mut f = ClientFraming {
+        keep_length: true,
+        keep_te: true,
+        line: None,
+        chunked: false,
+        keep_alive,
+    };
     match framing {
         Framing::None if status == 204 => {
-            resp.remove_header(&http::header::CONTENT_LENGTH);
-            resp.remove_header(&http::header::TRANSFER_ENCODING);
-            (keep_alive, false)
+            f.keep_length = false;
+            f.keep_te = false;
         }
         // What a HEAD (or 304) answer says about the representation is kept, but HTTP/1.0
         // has no chunks.
-        Framing::None => {
-            if te.is_some() && http10 {
-                resp.remove_header(&http::header::TRANSFER_ENCODING);
-            }
-            (keep_alive, false)
-        }
+        Framing::None => f.keep_te = !http10,
         Framing::Length(n) => {
-            let lines = resp
-                .headers
-                .get_all(http::header::CONTENT_LENGTH)
-                .iter()
-                .count();
-            if lines != 1 || resp.headers[http::header::CONTENT_LENGTH] != n.to_string().as_str() {
-                let _ = resp.insert_header("Content-Length", n.to_string());
+            let mut lines = resp.headers.get_all(http::header::CONTENT_LENGTH).iter();
+            let single = matches!((lines.next(), lines.next()), (Some(v), None) if v.as_bytes() == n.to_string().as_bytes());
+            if !single {
+                f.keep_length = false;
+                f.line = Some(("Content-Length", HeaderValue::from(n)));
             }
-            (keep_alive, false)
         }
         Framing::Stream if http10 => {
             // HTTP/1.0 has no chunks: the close ends the body.
-            resp.remove_header(&http::header::TRANSFER_ENCODING);
-            resp.remove_header(&http::header::CONTENT_LENGTH);
-            (false, false)
+            f.keep_length = false;
+            f.keep_te = false;
+            f.keep_alive = false;
         }
         Framing::Stream => {
-            resp.remove_header(&http::header::CONTENT_LENGTH);
+            f.keep_length = false;
+            f.chunked = true;
             // pingora's client removes only the chunked coding: others stay on the body, and
             // chunked is this hop's last.
-            match te {
-                None => {
-                    let _ = resp.insert_header("Transfer-Encoding", "chunked");
-                }
+            match te.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()) {
+                None => f.line = Some(("Transfer-Encoding", HeaderValue::from_static("chunked"))),
                 Some(v) if !ends_chunked(&v) => {
-                    let _ = resp.insert_header("Transfer-Encoding", format!("{v}, chunked"));
+                    f.keep_te = false;
+                    f.line = HeaderValue::from_str(&format!("{v}, chunked"))
+                        .ok()
+                        .map(|v| ("Transfer-Encoding", v));
                 }
                 Some(_) => {}
             }
-            (keep_alive, true)
         }
     }
+    f
+}
+
+/// The relayed head into `c.out`: the upstream's lines that cross (`headers::Downstream`, in
+/// their order and casing), this hop's framing, `Via`, CORS lines on a route with `cors`, then
+/// `Date` when the upstream sent none and `Connection`. Written from pingora's parsed head
+/// without copying it.
+fn relayed_head(c: &mut Client<'_>, resp: &ResponseHeader, f: &ClientFraming) {
+    let rule = headers::Downstream::of(resp);
+    let out = &mut *c.out;
+    out.clear();
+    wire::status_line(out, resp.status.as_u16(), resp.get_reason_phrase());
+    let mut dated = false;
+    for (name, value) in resp.case_header_iter() {
+        let n = name.as_slice();
+        let is = |h: &str| n.eq_ignore_ascii_case(h.as_bytes());
+        if !rule.keeps(n)
+            || (is("content-length") && !f.keep_length)
+            || (is("transfer-encoding") && !f.keep_te)
+            || (c.cors.is_some()
+                && n.len() > 15
+                && n[..15].eq_ignore_ascii_case(b"access-control-"))
+        {
+            continue;
+        }
+        dated |= is("date");
+        wire::header_line(out, n, value.as_bytes());
+    }
+    if let Some((name, value)) = &f.line {
+        wire::header_line(out, name.as_bytes(), value.as_bytes());
+    }
+    wire::header_line(out, b"Via", headers::via(resp).as_bytes());
+    if let Some((rules, check)) = &c.cors {
+        for (name, value) in super::cors::lines(rules, check) {
+            wire::header_line(out, name.as_bytes(), value.as_bytes());
+        }
+    }
+    wire::end_relayed_head(out, dated, f.keep_alive);
 }
 
 /// Relays the final answer: the head with this hop's framing, then the body as it arrives.
@@ -351,20 +397,20 @@ async fn relay(
     head: &RequestHead<'_>,
     up: &Upstream,
     mut s: HttpSession,
-    resp: &mut ResponseHeader,
 ) -> Exchanged {
-    let status = resp.status.as_u16();
-    let framing = framing_of(resp, head.is_head());
-    headers::downstream_response(resp);
-    if let Some((rules, check)) = &c.cors {
-        super::cors::relayed(resp, rules, check);
-    }
-    let (keep_alive, chunked) = frame_for_client(resp, framing, head.http10, c.keep_alive);
-    wire::response_head(c.out, resp, keep_alive);
+    let (status, framing, f) = {
+        let Some(resp) = s.resp_header() else {
+            return Err((Failure::Protocol, None));
+        };
+        let framing = framing_of(resp, head.is_head());
+        let f = frame_for_client(resp, framing, head.http10, c.keep_alive);
+        relayed_head(c, resp, &f);
+        (resp.status.as_u16(), framing, f)
+    };
     let pumped = if framing == Framing::None {
         flush_out(c).await.map_err(|f| (f, true))
     } else {
-        pump_body(c, &mut s, chunked)
+        pump_body(c, &mut s, f.chunked)
             .await
             .and_then(|sent| match framing {
                 Framing::Length(n) if sent != n => Err((Failure::Protocol, true)),
@@ -374,9 +420,9 @@ async fn relay(
     match pumped {
         Ok(()) => {
             finish_upstream(upstream, up, s).await;
-            Ok((status, keep_alive))
+            Ok((status, f.keep_alive))
         }
-        Err((f, written)) => Err((f, written.then_some(status))),
+        Err((e, written)) => Err((e, written.then_some(status))),
     }
 }
 

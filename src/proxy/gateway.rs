@@ -20,7 +20,7 @@ use super::{cors, handshake};
 use crate::limits;
 use crate::metrics::METRICS;
 use async_trait::async_trait;
-use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
@@ -252,6 +252,9 @@ impl ProxyHttp for Gateway {
         };
         let up = &entry.route.upstream;
         let mut peer = upstream::peer(up, ctx.kind == Kind::WebSocket);
+        // `headers::upstream_request` applies the whole header policy, on both paths; pingora's
+        // own (which removes, and so reorders, before the filter) stays out of the way.
+        peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::preserve();
         if !up.keepalive {
             peer.options.idle_timeout = Some(std::time::Duration::ZERO);
         }
@@ -267,13 +270,31 @@ impl ProxyHttp for Gateway {
         let client = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
+            .map(|a| a.ip());
         let Some(entry) = ctx.entry() else {
             return Error::e_explain(ErrorType::InternalError, "no route selected");
         };
         let up = &entry.route.upstream;
-        headers::upstream_request(upstream_request, client, ctx.kind == Kind::WebSocket, up);
-        Ok(())
+        let rebuilt = headers::upstream_request(
+            upstream_request.method.as_str(),
+            upstream_request.raw_path(),
+            headers::lines_of(upstream_request),
+            upstream_request
+                .headers
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .map(|v| v.as_bytes()),
+            client,
+            ctx.kind == Kind::WebSocket,
+            up,
+        );
+        match rebuilt {
+            Some(r) => {
+                *upstream_request = r;
+                Ok(())
+            }
+            None => Error::e_explain(ErrorType::InternalError, "upstream request not buildable"),
+        }
     }
 
     async fn response_filter(

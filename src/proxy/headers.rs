@@ -7,7 +7,10 @@
 //! applies the full list itself, so pollgate's forward path and pingora's send the same bytes.
 
 use crate::config::Upstream;
+use bytes::Bytes;
+use http::HeaderValue;
 use pingora_http::{RequestHeader, ResponseHeader};
+use std::net::IpAddr;
 
 /// Hop-by-hop headers removed in both directions (besides `Connection` and the names it lists,
 /// and `Upgrade` outside a WebSocket handshake). `Transfer-Encoding` is framing: each writer
@@ -56,17 +59,129 @@ pub fn response_too_large(resp: &ResponseHeader) -> bool {
         > MAX_RESPONSE_HEAD
 }
 
-/// Names listed in `Connection`, which are hop-by-hop for this message too; never the framing
-/// headers, which say where the message ends (a `Connection: Content-Length` would otherwise
-/// leave an answer without its length).
-fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
-    if !headers.contains_key(http::header::CONNECTION) {
-        return Vec::new();
+/// One header line of a request on its way upstream: the name in the client's casing.
+pub type Line = (Bytes, HeaderValue);
+
+/// Builds the request for `up` in one pass over the client's header lines, in their order:
+/// hop-by-hop lines (and those `Connection` lists) are left out, `X-Forwarded-For` gets the
+/// client's address appended, `X-Forwarded-Host` (the client's `Host`), `X-Forwarded-Proto`
+/// and `Via` are pollgate's own, and the upstream's configured `host` replaces the client's.
+/// A client that sent no `Host` (HTTP/1.0) gets the upstream's address, since the upstream
+/// hop is HTTP/1.1. `upgrade`: a WebSocket handshake being passed through (its `Upgrade` stays,
+/// `Connection: upgrade`); an upstream with `keepalive: false` is told `Connection: close`.
+///
+/// Both request paths build upstream requests with it (pingora's proxy with its own header
+/// policy off), so the same client request sends the same bytes upstream whichever path
+/// answered it.
+pub fn upstream_request<'c>(
+    method: &str,
+    target: &[u8],
+    lines: impl Iterator<Item = Line>,
+    connection: impl Iterator<Item = &'c [u8]>,
+    client_ip: Option<IpAddr>,
+    upgrade: bool,
+    up: &Upstream,
+) -> Option<RequestHeader> {
+    let listed = listed_names(connection);
+    let mut req = RequestHeader::build(method, target, Some(16)).ok()?;
+    let mut forwarded_for: Option<Vec<u8>> = None;
+    let mut via: Option<Vec<u8>> = None;
+    let mut host: Option<HeaderValue> = None;
+    for (name, value) in lines {
+        let n = &name[..];
+        let is = |h: &str| n.eq_ignore_ascii_case(h.as_bytes());
+        if is("x-forwarded-for") {
+            join(&mut forwarded_for, value.as_bytes());
+            continue;
+        }
+        if is("via") {
+            join(&mut via, value.as_bytes());
+            continue;
+        }
+        if is("host") {
+            host.get_or_insert(value.clone());
+            if up.host.is_some() {
+                continue;
+            }
+        }
+        let hop = HOP_BY_HOP.iter().any(|h| is(h))
+            || (is("connection") || is("transfer-encoding"))
+            || (is("upgrade") && !upgrade)
+            || listed.iter().any(|l| is(l));
+        if hop || is("x-forwarded-host") || is("x-forwarded-proto") {
+            continue;
+        }
+        req.append_header(name, value).ok()?;
     }
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+    if let Some(ip) = client_ip {
+        let mut v = forwarded_for
+            .take()
+            .filter(|p| !p.trim_ascii().is_empty())
+            .map_or_else(Vec::new, |mut p| {
+                p.extend_from_slice(b", ");
+                p
+            });
+        v.extend_from_slice(ip.to_string().as_bytes());
+        forwarded_for = Some(v);
+    }
+    if let Some(v) = forwarded_for {
+        req.append_header("X-Forwarded-For", HeaderValue::from_bytes(&v).ok()?)
+            .ok()?;
+    }
+    if let Some(h) = &host {
+        req.append_header("X-Forwarded-Host", h.clone()).ok()?;
+    }
+    req.append_header("X-Forwarded-Proto", HeaderValue::from_static("http"))
+        .ok()?;
+    let via = match via {
+        Some(mut prev) => {
+            prev.extend_from_slice(b", ");
+            prev.extend_from_slice(VIA.as_bytes());
+            HeaderValue::from_bytes(&prev).ok()?
+        }
+        None => HeaderValue::from_static(VIA),
+    };
+    req.append_header("Via", via).ok()?;
+    match (&up.host, &host) {
+        (Some(configured), _) => req.append_header("Host", configured.as_str()).ok()?,
+        (None, None) => req.append_header("Host", up.address.as_str()).ok()?,
+        (None, Some(_)) => false,
+    };
+    if upgrade {
+        req.append_header("Connection", HeaderValue::from_static("upgrade"))
+            .ok()?;
+    } else if !up.keepalive {
+        req.append_header("Connection", HeaderValue::from_static("close"))
+            .ok()?;
+    }
+    req.set_version(http::Version::HTTP_11);
+    Some(req)
+}
+
+/// Joins repeated header lines into one list value.
+fn join(acc: &mut Option<Vec<u8>>, value: &[u8]) {
+    match acc {
+        None => *acc = Some(value.to_vec()),
+        Some(v) => {
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(value);
+        }
+    }
+}
+
+/// The header lines of a pingora `RequestHeader`, in order and casing.
+pub fn lines_of(req: &RequestHeader) -> impl Iterator<Item = Line> + '_ {
+    req.case_header_iter()
+        .map(|(n, v)| (Bytes::copy_from_slice(n.as_slice()), v.clone()))
+}
+
+/// The header names `Connection` values list, lowercased: hop-by-hop for this message too.
+/// Never the framing headers, which say where the message ends (a `Connection:
+/// Content-Length` would otherwise leave an answer without its length), nor `close`,
+/// `keep-alive`, `upgrade`.
+fn listed_names<'c>(values: impl Iterator<Item = &'c [u8]>) -> Vec<String> {
+    values
+        .flat_map(|v| v.split(|b| *b == b','))
         .map(|t| String::from_utf8_lossy(t.trim_ascii()).to_ascii_lowercase())
         .filter(|t| {
             !t.is_empty()
@@ -78,99 +193,69 @@ fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// Removes `Connection`-listed headers and the standard hop-by-hop ones. Most messages carry
-/// none of these: look before removing (removal also rewrites pingora's case map).
-macro_rules! strip_hop_by_hop {
-    ($msg:expr) => {
-        for name in connection_listed(&$msg.headers) {
-            $msg.remove_header(name.as_str());
-        }
-        for name in HOP_BY_HOP {
-            if $msg.headers.contains_key(name) {
-                $msg.remove_header(name);
-            }
-        }
-    };
+/// What of an upstream response's head reaches the client: the rule both paths apply.
+pub struct Downstream {
+    /// Names `Connection` lists (hop-by-hop for this message).
+    listed: Vec<String>,
+    /// A `101`: its `Connection` and `Upgrade` are the switch itself.
+    switching: bool,
 }
 
-/// Prepares a request for `up`. `upgrade`: a WebSocket handshake being passed through. The
-/// upstream's configured `host` replaces the client's; a client that sent none (HTTP/1.0) gets
-/// the upstream's address as `Host`, since the upstream hop is HTTP/1.1. An upstream with
-/// `keepalive: false` is told `Connection: close`.
-pub fn upstream_request(
-    req: &mut RequestHeader,
-    client_ip: Option<String>,
-    upgrade: bool,
-    up: &Upstream,
-) {
-    strip_hop_by_hop!(req);
-    if !upgrade {
-        for name in [http::header::CONNECTION, http::header::UPGRADE] {
-            if req.headers.contains_key(&name) {
-                req.remove_header(&name);
-            }
-        }
-        if !up.keepalive {
-            let _ = req.insert_header("Connection", "close");
-        }
-    } else {
-        let _ = req.insert_header("Connection", "upgrade");
-    }
-    if let Some(ip) = client_ip {
-        let forwarded = match req
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip,
-        };
-        let _ = req.insert_header("X-Forwarded-For", forwarded);
-    }
-    match req.headers.get(http::header::HOST).cloned() {
-        Some(h) => {
-            let _ = req.insert_header("X-Forwarded-Host", h);
-        }
-        None => {
-            if req.headers.contains_key("x-forwarded-host") {
-                req.remove_header("x-forwarded-host");
-            }
+impl Downstream {
+    pub fn of(resp: &ResponseHeader) -> Downstream {
+        Downstream {
+            listed: listed_names(
+                resp.headers
+                    .get_all(http::header::CONNECTION)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            ),
+            switching: resp.status == http::StatusCode::SWITCHING_PROTOCOLS,
         }
     }
-    let _ = req.insert_header("X-Forwarded-Proto", "http");
-    let via = match req.headers.get("via").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {VIA}"),
-        None => VIA.to_string(),
-    };
-    let _ = req.insert_header("Via", via);
-    match &up.host {
-        Some(host) => {
-            let _ = req.insert_header(http::header::HOST, host.as_str());
-        }
-        None if !req.headers.contains_key(http::header::HOST) => {
-            let _ = req.insert_header(http::header::HOST, up.address.as_str());
-        }
-        None => {}
+
+    /// Whether a header line crosses to the client as it is (`Via` is collected apart).
+    pub fn keeps(&self, name: &[u8]) -> bool {
+        let is = |h: &str| name.eq_ignore_ascii_case(h.as_bytes());
+        !(HOP_BY_HOP.iter().any(|h| is(h))
+            || ((is("connection") || is("upgrade")) && !self.switching)
+            || is("via")
+            || self.listed.iter().any(|l| is(l)))
     }
-    req.set_version(http::Version::HTTP_11);
 }
 
-/// Prepares an upstream response for the client (framing headers are the writer's to set).
+/// `Via` with this hop appended to what the message carried.
+pub fn via(resp: &ResponseHeader) -> HeaderValue {
+    let mut prev: Option<Vec<u8>> = None;
+    for v in resp.headers.get_all(http::header::VIA) {
+        join(&mut prev, v.as_bytes());
+    }
+    match prev {
+        Some(mut p) => {
+            p.extend_from_slice(b", ");
+            p.extend_from_slice(VIA.as_bytes());
+            HeaderValue::from_bytes(&p).unwrap_or_else(|_| HeaderValue::from_static(VIA))
+        }
+        None => HeaderValue::from_static(VIA),
+    }
+}
+
+/// Prepares an upstream response for the client in place (pingora's path; pollgate's writes
+/// the same lines straight to the wire, `forward.rs`).
 pub fn downstream_response(resp: &mut ResponseHeader) {
-    strip_hop_by_hop!(resp);
-    if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
-        for name in [http::header::CONNECTION, http::header::UPGRADE] {
-            if resp.headers.contains_key(&name) {
-                resp.remove_header(&name);
-            }
-        }
+    let rule = Downstream::of(resp);
+    let via = via(resp);
+    let dropped: Vec<String> = resp
+        .headers
+        .keys()
+        .filter(|k| !rule.keeps(k.as_str().as_bytes()))
+        .map(|k| k.as_str().to_string())
+        .collect();
+    for name in dropped {
+        resp.remove_header(name.as_str());
     }
     // An intermediary speaks its own version (HTTP/1.0 upstreams included).
     resp.set_version(http::Version::HTTP_11);
-    let via = match resp.headers.get("via").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {VIA}"),
-        None => VIA.to_string(),
-    };
     let _ = resp.insert_header("Via", via);
 }
 
@@ -193,18 +278,42 @@ mod tests {
         }
     }
 
+    fn lines(pairs: &[(&'static str, &'static str)]) -> Vec<Line> {
+        pairs
+            .iter()
+            .map(|(n, v)| {
+                (
+                    Bytes::from_static(n.as_bytes()),
+                    HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
     #[test]
     fn strips_hop_by_hop_and_adds_forwarding() {
-        let mut r = RequestHeader::build("GET", b"/x", None).unwrap();
-        r.insert_header("Connection", "keep-alive, X-Secret")
-            .unwrap();
-        r.insert_header("X-Secret", "1").unwrap();
-        r.insert_header("Keep-Alive", "timeout=5").unwrap();
-        r.insert_header("Proxy-Authorization", "Basic x").unwrap();
-        r.insert_header("HTTP2-Settings", "x").unwrap();
-        r.insert_header("X-Forwarded-For", "10.0.0.1").unwrap();
-        r.insert_header("Host", "example.com").unwrap();
-        upstream_request(&mut r, Some("127.0.0.1".into()), false, &up());
+        let l = lines(&[
+            ("Connection", "keep-alive, X-Secret"),
+            ("X-Secret", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Authorization", "Basic x"),
+            ("HTTP2-Settings", "x"),
+            ("X-Forwarded-For", "10.0.0.1"),
+            ("Host", "example.com"),
+            ("Accept", "*/*"),
+        ]);
+        let ip = "127.0.0.1".parse().ok();
+        let conn: Vec<&[u8]> = vec![b"keep-alive, X-Secret"];
+        let r = upstream_request(
+            "GET",
+            b"/x",
+            l.into_iter(),
+            conn.into_iter(),
+            ip,
+            false,
+            &up(),
+        )
+        .unwrap();
         for h in [
             "connection",
             "x-secret",
@@ -219,14 +328,28 @@ mod tests {
         assert_eq!(r.headers["x-forwarded-host"], "example.com");
         assert_eq!(r.headers["via"], "1.1 pollgate");
         assert_eq!(r.headers["host"], "example.com");
+        let mut wire = Vec::new();
+        r.header_to_h1_wire(&mut wire);
+        assert_eq!(
+            String::from_utf8(wire).unwrap(),
+            "Host: example.com\r\nAccept: */*\r\nX-Forwarded-For: 10.0.0.1, 127.0.0.1\r\n\
+             X-Forwarded-Host: example.com\r\nX-Forwarded-Proto: http\r\nVia: 1.1 pollgate\r\n"
+        );
     }
 
     #[test]
     fn a_request_without_host_gets_the_upstreams() {
-        let mut r = RequestHeader::build("GET", b"/x", None).unwrap();
-        r.set_version(http::Version::HTTP_10);
-        r.insert_header("X-Forwarded-Host", "spoofed").unwrap();
-        upstream_request(&mut r, None, false, &up());
+        let l = lines(&[("X-Forwarded-Host", "spoofed")]);
+        let r = upstream_request(
+            "GET",
+            b"/x",
+            l.into_iter(),
+            std::iter::empty(),
+            None,
+            false,
+            &up(),
+        )
+        .unwrap();
         assert_eq!(r.headers["host"], "up:1");
         assert!(!r.headers.contains_key("x-forwarded-host"));
         assert_eq!(r.version, http::Version::HTTP_11);

@@ -14,6 +14,16 @@ const COALESCE_BODY: usize = 16 * 1024;
 /// `HTTP/1.1 <status> <reason>`: pollgate speaks HTTP/1.1 whatever the client or the upstream
 /// spoke (an intermediary sends its own version).
 pub fn status_line(out: &mut Vec<u8>, status: u16, reason: Option<&str>) {
+    // The statuses the cache answers with, without formatting.
+    let common: Option<&[u8]> = match (status, reason) {
+        (200, None) => Some(b"HTTP/1.1 200 OK\r\n"),
+        (304, None) => Some(b"HTTP/1.1 304 Not Modified\r\n"),
+        _ => None,
+    };
+    if let Some(line) = common {
+        out.extend_from_slice(line);
+        return;
+    }
     let reason = reason
         .filter(|r| !r.is_empty())
         .or_else(|| http::StatusCode::from_u16(status).ok()?.canonical_reason())
@@ -84,6 +94,27 @@ pub async fn send_answer(
         io.write_all(body).await?;
     }
     io.flush().await
+}
+
+/// One `Name: value` line.
+pub fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Ends a relayed head: `Date` unless the upstream sent one, `Connection`, the blank line.
+pub fn end_relayed_head(out: &mut Vec<u8>, dated: bool, keep_alive: bool) {
+    if dated {
+        out.extend_from_slice(if keep_alive {
+            b"Connection: keep-alive\r\n\r\n"
+        } else {
+            b"Connection: close\r\n\r\n"
+        });
+    } else {
+        end_head(out, keep_alive);
+    }
 }
 
 /// A relayed response head: status line, the header lines (case kept), then `Date` (when the

@@ -375,7 +375,7 @@ async fn latest<G: Future>(
     saved(h.hub, h.topic);
     let age = msg.received.elapsed().as_secs();
     let mut a = Answer::from_message(msg, which).closing(close);
-    a.push(name::AGE, HeaderValue::from(age));
+    a.push(name::AGE, super::answer::age_value(age));
     decorate(&mut a, ask, stale);
     Some(a)
 }
@@ -441,7 +441,10 @@ async fn since<G: Future>(mut h: Hold<'_, '_, G>, ask: &Ask, stale: bool) -> Opt
         a.push(name::POLLGATE_GAP, HeaderValue::from_static("true"));
     }
     if let Some(m) = got.messages.last().cloned().or_else(|| h.topic.latest()) {
-        a.push(name::AGE, HeaderValue::from(m.received.elapsed().as_secs()));
+        a.push(
+            name::AGE,
+            super::answer::age_value(m.received.elapsed().as_secs()),
+        );
         a.date = Some(m.date.clone());
     }
     let stale = stale || matches!(h.topic.state(), SubState::Down(_));
