@@ -79,6 +79,8 @@ impl ConnectionApp {
         let peer = io.get_socket_digest().and_then(|d| d.peer_addr().cloned());
         let ip = peer.as_ref().and_then(|a| a.as_inet()).map(|a| a.ip());
         let client = peer.map(|a| a.to_string());
+        // Once per connection: every forwarded request's `X-Forwarded-For` carries it.
+        let ip_text = ip.map(|ip| ip.to_string());
         let mut first = Some(accepted);
         loop {
             let limits = self.state.limits();
@@ -109,6 +111,7 @@ impl ConnectionApp {
                                 out: &mut out,
                                 pipelined: &mut pipelined,
                                 ip,
+                                ip_text: ip_text.as_deref(),
                                 client: &client,
                                 draining: *shutdown.borrow(),
                             };
@@ -268,7 +271,7 @@ impl ConnectionApp {
             io: c.io,
             out: c.out,
             pipelined: c.pipelined,
-            ip: c.ip,
+            ip: c.ip_text,
             keep_alive,
             cors: origin,
         };
@@ -418,6 +421,7 @@ struct Conn<'a> {
     out: &'a mut Vec<u8>,
     pipelined: &'a mut BytesMut,
     ip: Option<IpAddr>,
+    ip_text: Option<&'a str>,
     client: &'a Option<String>,
     draining: bool,
 }

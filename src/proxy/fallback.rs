@@ -151,23 +151,18 @@ fn key_of<H: HeaderSource + ?Sized>(ask: &Ask<'_, H>) -> [u8; 20] {
 
 /// The shared request: the poll as a GET, without what is this poller's own.
 fn request<H: HeaderSource + ?Sized>(ask: &Ask<'_, H>, up: &Upstream) -> Option<RequestHeader> {
-    let lines: Vec<_> = ask
+    let lines = ask
         .headers
         .all()
         .filter(|(name, _)| !PRIVATE.iter().any(|p| name.eq_ignore_ascii_case(p)))
-        .map(|(n, v)| {
-            (
-                Bytes::copy_from_slice(n.as_bytes()),
-                pingora_http::header_value_from_slice(v),
-            )
-        })
-        .collect();
+        .map(|(n, v)| (n.as_bytes(), v));
+    let ip = ask.client_ip.map(|ip| ip.to_string());
     headers::upstream_request(
         "GET",
         ask.target.as_bytes(),
-        lines.into_iter(),
+        lines,
         ask.headers.values("connection"),
-        ask.client_ip,
+        ip.as_deref(),
         false,
         up,
     )

@@ -270,7 +270,7 @@ impl ProxyHttp for Gateway {
         let client = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+            .map(|a| a.ip().to_string());
         let Some(entry) = ctx.entry() else {
             return Error::e_explain(ErrorType::InternalError, "no route selected");
         };
@@ -284,7 +284,7 @@ impl ProxyHttp for Gateway {
                 .get_all(http::header::CONNECTION)
                 .iter()
                 .map(|v| v.as_bytes()),
-            client,
+            client.as_deref(),
             ctx.kind == Kind::WebSocket,
             up,
         );

@@ -10,7 +10,6 @@ use crate::config::Upstream;
 use bytes::Bytes;
 use http::HeaderValue;
 use pingora_http::{RequestHeader, ResponseHeader};
-use std::net::IpAddr;
 
 /// Hop-by-hop headers removed in both directions (besides `Connection` and the names it lists,
 /// and `Upgrade` outside a WebSocket handshake). `Transfer-Encoding` is framing: each writer
@@ -59,103 +58,143 @@ pub fn response_too_large(resp: &ResponseHeader) -> bool {
         > MAX_RESPONSE_HEAD
 }
 
-/// One header line of a request on its way upstream: the name in the client's casing.
-pub type Line = (Bytes, HeaderValue);
-
-/// Builds the request for `up` in one pass over the client's header lines, in their order:
-/// hop-by-hop lines (and those `Connection` lists) are left out, `X-Forwarded-For` gets the
-/// client's address appended, `X-Forwarded-Host` (the client's `Host`), `X-Forwarded-Proto`
-/// and `Via` are pollgate's own, and the upstream's configured `host` replaces the client's.
-/// A client that sent no `Host` (HTTP/1.0) gets the upstream's address, since the upstream
-/// hop is HTTP/1.1. `upgrade`: a WebSocket handshake being passed through (its `Upgrade` stays,
-/// `Connection: upgrade`); an upstream with `keepalive: false` is told `Connection: close`.
+/// Applies the upstream request rule to the client's header lines, in their order, and emits
+/// the lines the upstream gets: hop-by-hop lines (and those `Connection` lists) are left out,
+/// `X-Forwarded-For` gets the client's address appended, `X-Forwarded-Host` (the client's
+/// `Host`), `X-Forwarded-Proto` and `Via` are pollgate's own, and the upstream's configured
+/// `host` replaces the client's. A client that sent no `Host` (HTTP/1.0) gets the upstream's
+/// address, since the upstream hop is HTTP/1.1. `upgrade`: a WebSocket handshake being passed
+/// through (its `Upgrade` stays, `Connection: upgrade`); an upstream with `keepalive: false` is
+/// told `Connection: close`.
 ///
-/// Both request paths build upstream requests with it (pingora's proxy with its own header
-/// policy off), so the same client request sends the same bytes upstream whichever path
-/// answered it.
-pub fn upstream_request<'c>(
-    method: &str,
-    target: &[u8],
-    lines: impl Iterator<Item = Line>,
+/// Every upstream request of either path is built by this one rule (pingora's proxy with its
+/// own header policy off), so the same client request sends the same bytes upstream whichever
+/// path answered it: see [`upstream_request`] and [`write_upstream_request`].
+pub fn upstream_lines<'l, 'c>(
+    lines: impl Iterator<Item = (&'l [u8], &'l [u8])>,
     connection: impl Iterator<Item = &'c [u8]>,
-    client_ip: Option<IpAddr>,
+    client_ip: Option<&str>,
     upgrade: bool,
     up: &Upstream,
-) -> Option<RequestHeader> {
+    mut emit: impl FnMut(&[u8], &[u8]),
+) {
     let listed = listed_names(connection);
-    let mut req = RequestHeader::build(method, target, Some(16)).ok()?;
     let mut forwarded_for: Option<Vec<u8>> = None;
     let mut via: Option<Vec<u8>> = None;
-    let mut host: Option<HeaderValue> = None;
-    for (name, value) in lines {
-        let n = &name[..];
+    let mut host: Option<&[u8]> = None;
+    for (n, value) in lines {
         let is = |h: &str| n.eq_ignore_ascii_case(h.as_bytes());
         if is("x-forwarded-for") {
-            join(&mut forwarded_for, value.as_bytes());
+            join(&mut forwarded_for, value);
             continue;
         }
         if is("via") {
-            join(&mut via, value.as_bytes());
+            join(&mut via, value);
             continue;
         }
         if is("host") {
-            host.get_or_insert(value.clone());
+            host.get_or_insert(value);
             if up.host.is_some() {
                 continue;
             }
         }
         let hop = HOP_BY_HOP.iter().any(|h| is(h))
-            || (is("connection") || is("transfer-encoding"))
+            || is("connection")
+            || is("transfer-encoding")
             || (is("upgrade") && !upgrade)
             || listed.iter().any(|l| is(l));
         if hop || is("x-forwarded-host") || is("x-forwarded-proto") {
             continue;
         }
-        req.append_header(name, value).ok()?;
+        emit(n, value);
     }
     if let Some(ip) = client_ip {
-        let mut v = forwarded_for
-            .take()
-            .filter(|p| !p.trim_ascii().is_empty())
-            .map_or_else(Vec::new, |mut p| {
+        let mut v = match forwarded_for.take().filter(|p| !p.trim_ascii().is_empty()) {
+            Some(mut p) => {
                 p.extend_from_slice(b", ");
                 p
-            });
-        v.extend_from_slice(ip.to_string().as_bytes());
+            }
+            None => Vec::new(),
+        };
+        v.extend_from_slice(ip.as_bytes());
         forwarded_for = Some(v);
     }
-    if let Some(v) = forwarded_for {
-        req.append_header("X-Forwarded-For", HeaderValue::from_bytes(&v).ok()?)
-            .ok()?;
+    if let Some(v) = &forwarded_for {
+        emit(b"X-Forwarded-For", v);
     }
-    if let Some(h) = &host {
-        req.append_header("X-Forwarded-Host", h.clone()).ok()?;
+    if let Some(h) = host {
+        emit(b"X-Forwarded-Host", h);
     }
-    req.append_header("X-Forwarded-Proto", HeaderValue::from_static("http"))
-        .ok()?;
-    let via = match via {
+    emit(b"X-Forwarded-Proto", b"http");
+    match via {
         Some(mut prev) => {
             prev.extend_from_slice(b", ");
             prev.extend_from_slice(VIA.as_bytes());
-            HeaderValue::from_bytes(&prev).ok()?
+            emit(b"Via", &prev);
         }
-        None => HeaderValue::from_static(VIA),
-    };
-    req.append_header("Via", via).ok()?;
-    match (&up.host, &host) {
-        (Some(configured), _) => req.append_header("Host", configured.as_str()).ok()?,
-        (None, None) => req.append_header("Host", up.address.as_str()).ok()?,
-        (None, Some(_)) => false,
-    };
-    if upgrade {
-        req.append_header("Connection", HeaderValue::from_static("upgrade"))
-            .ok()?;
-    } else if !up.keepalive {
-        req.append_header("Connection", HeaderValue::from_static("close"))
-            .ok()?;
+        None => emit(b"Via", VIA.as_bytes()),
     }
+    match (&up.host, host) {
+        (Some(configured), _) => emit(b"Host", configured.as_bytes()),
+        (None, None) => emit(b"Host", up.address.as_bytes()),
+        (None, Some(_)) => {}
+    }
+    if upgrade {
+        emit(b"Connection", b"upgrade");
+    } else if !up.keepalive {
+        emit(b"Connection", b"close");
+    }
+}
+
+/// [`upstream_lines`] as a pingora `RequestHeader` (pingora's proxy path, and pollgate's own
+/// requests through pingora's client).
+#[allow(clippy::too_many_arguments)]
+pub fn upstream_request<'l, 'c>(
+    method: &str,
+    target: &[u8],
+    lines: impl Iterator<Item = (&'l [u8], &'l [u8])>,
+    connection: impl Iterator<Item = &'c [u8]>,
+    client_ip: Option<&str>,
+    upgrade: bool,
+    up: &Upstream,
+) -> Option<RequestHeader> {
+    let mut req = RequestHeader::build(method, target, Some(16)).ok()?;
+    let mut ok = true;
+    upstream_lines(lines, connection, client_ip, upgrade, up, |n, v| {
+        let value = HeaderValue::from_bytes(v);
+        ok &= match value {
+            Ok(v) => req.append_header(Bytes::copy_from_slice(n), v).is_ok(),
+            Err(_) => false,
+        };
+    });
     req.set_version(http::Version::HTTP_11);
-    Some(req)
+    ok.then_some(req)
+}
+
+/// [`upstream_lines`] as the bytes pingora's client would write for the same request
+/// (`METHOD TARGET HTTP/1.1`, the lines, the blank line): pollgate's forward path writes them
+/// itself.
+pub fn write_upstream_request<'l, 'c>(
+    out: &mut Vec<u8>,
+    method: &str,
+    target: &[u8],
+    lines: impl Iterator<Item = (&'l [u8], &'l [u8])>,
+    connection: impl Iterator<Item = &'c [u8]>,
+    client_ip: Option<&str>,
+    up: &Upstream,
+) {
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    upstream_lines(lines, connection, client_ip, false, up, |n, v| {
+        out.extend_from_slice(n);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    });
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Joins repeated header lines into one list value.
@@ -170,9 +209,9 @@ fn join(acc: &mut Option<Vec<u8>>, value: &[u8]) {
 }
 
 /// The header lines of a pingora `RequestHeader`, in order and casing.
-pub fn lines_of(req: &RequestHeader) -> impl Iterator<Item = Line> + '_ {
+pub fn lines_of(req: &RequestHeader) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
     req.case_header_iter()
-        .map(|(n, v)| (Bytes::copy_from_slice(n.as_slice()), v.clone()))
+        .map(|(n, v)| (n.as_slice(), v.as_bytes()))
 }
 
 /// The header names `Connection` values list, lowercased: hop-by-hop for this message too.
@@ -203,14 +242,20 @@ pub struct Downstream {
 
 impl Downstream {
     pub fn of(resp: &ResponseHeader) -> Downstream {
+        Downstream::new(
+            resp.headers
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .map(|v| v.as_bytes()),
+            resp.status == http::StatusCode::SWITCHING_PROTOCOLS,
+        )
+    }
+
+    /// From a response's `Connection` values; `switching`: its status is `101`.
+    pub fn new<'c>(connection: impl Iterator<Item = &'c [u8]>, switching: bool) -> Downstream {
         Downstream {
-            listed: listed_names(
-                resp.headers
-                    .get_all(http::header::CONNECTION)
-                    .iter()
-                    .map(|v| v.as_bytes()),
-            ),
-            switching: resp.status == http::StatusCode::SWITCHING_PROTOCOLS,
+            listed: listed_names(connection),
+            switching,
         }
     }
 
@@ -226,9 +271,19 @@ impl Downstream {
 
 /// `Via` with this hop appended to what the message carried.
 pub fn via(resp: &ResponseHeader) -> HeaderValue {
+    via_after(
+        resp.headers
+            .get_all(http::header::VIA)
+            .iter()
+            .map(|v| v.as_bytes()),
+    )
+}
+
+/// `Via` with this hop appended to the message's `Via` values.
+pub fn via_after<'v>(values: impl Iterator<Item = &'v [u8]>) -> HeaderValue {
     let mut prev: Option<Vec<u8>> = None;
-    for v in resp.headers.get_all(http::header::VIA) {
-        join(&mut prev, v.as_bytes());
+    for v in values {
+        join(&mut prev, v);
     }
     match prev {
         Some(mut p) => {
@@ -278,15 +333,10 @@ mod tests {
         }
     }
 
-    fn lines(pairs: &[(&'static str, &'static str)]) -> Vec<Line> {
+    fn lines(pairs: &[(&'static str, &'static str)]) -> Vec<(&'static [u8], &'static [u8])> {
         pairs
             .iter()
-            .map(|(n, v)| {
-                (
-                    Bytes::from_static(n.as_bytes()),
-                    HeaderValue::from_static(v),
-                )
-            })
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
             .collect()
     }
 
@@ -302,13 +352,13 @@ mod tests {
             ("Host", "example.com"),
             ("Accept", "*/*"),
         ]);
-        let ip = "127.0.0.1".parse().ok();
+        let ip = Some("127.0.0.1");
         let conn: Vec<&[u8]> = vec![b"keep-alive, X-Secret"];
         let r = upstream_request(
             "GET",
             b"/x",
-            l.into_iter(),
-            conn.into_iter(),
+            l.iter().copied(),
+            conn.iter().copied(),
             ip,
             false,
             &up(),
@@ -330,11 +380,23 @@ mod tests {
         assert_eq!(r.headers["host"], "example.com");
         let mut wire = Vec::new();
         r.header_to_h1_wire(&mut wire);
-        assert_eq!(
-            String::from_utf8(wire).unwrap(),
+        let expected =
             "Host: example.com\r\nAccept: */*\r\nX-Forwarded-For: 10.0.0.1, 127.0.0.1\r\n\
-             X-Forwarded-Host: example.com\r\nX-Forwarded-Proto: http\r\nVia: 1.1 pollgate\r\n"
+             X-Forwarded-Host: example.com\r\nX-Forwarded-Proto: http\r\nVia: 1.1 pollgate\r\n";
+        assert_eq!(String::from_utf8(wire).unwrap(), expected);
+        // The bytes pollgate writes itself are the bytes pingora's client writes.
+        let mut direct = Vec::new();
+        write_upstream_request(
+            &mut direct,
+            "GET",
+            b"/x",
+            l.iter().copied(),
+            conn.iter().copied(),
+            ip,
+            &up(),
         );
+        let wire = pingora_core::protocols::http::v1::client::http_req_header_to_wire(&r).unwrap();
+        assert_eq!(direct, wire.to_vec());
     }
 
     #[test]

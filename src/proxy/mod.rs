@@ -28,6 +28,7 @@ pub mod headers;
 pub mod log;
 pub mod poll;
 pub mod request;
+pub mod response;
 pub mod router;
 pub mod session;
 pub mod shadow;

@@ -1,7 +1,7 @@
-//! The one HTTP client pollgate uses for its own upstream requests (forwarded requests on
-//! pollgate's connections, poll fallbacks, `auth_request` checks): pingora-core's transport
-//! connector and HTTP/1 client session, the code pingora's proxy runs, with an idle pool of
-//! pollgate's own. Also the one mapping from upstream failures to statuses and metric labels,
+//! Upstream connections for pollgate's own requests (forwarded requests on pollgate's
+//! connections, poll fallbacks, `auth_request` checks): pingora-core's transport connector,
+//! an idle pool of pollgate's own, and pingora's HTTP/1 client session for the fallbacks and
+//! auth checks (the forward path reads answers itself: `forward.rs` says why). Also the one mapping from upstream failures to statuses and metric labels,
 //! shared with `Gateway::fail_to_proxy`.
 //!
 //! Why not pingora's pool: it spawns a task to watch every released connection and hands the
@@ -9,7 +9,7 @@
 //! measured side by side (docs/benchmarks.md) it halved plain-proxy throughput. Here an idle
 //! connection just waits in a list; whether it is still usable is asked of the kernel when it
 //! is taken (a non-blocking peek: closed, or holding bytes nobody asked for, it is dropped).
-//! Framing, keep-alive and reuse decisions stay pingora's (`HttpSession::reuse`).
+//! For sessions, framing, keep-alive and reuse decisions stay pingora's (`HttpSession::reuse`).
 
 use crate::config::Upstream;
 use dashmap::DashMap;
@@ -55,19 +55,38 @@ pub fn peer(up: &Upstream, tunnel: bool) -> HttpPeer {
 }
 
 impl UpstreamClient {
-    /// A session to `up`, on an idle connection when one is usable. `.1`: it was reused.
+    /// A connection to `up`: an idle one when one is usable, else a new one. `.1`: it was
+    /// reused.
+    pub async fn stream(&self, up: &Upstream) -> Result<(Stream, bool), Failure> {
+        if let Some(s) = self.take_idle(up) {
+            return Ok((s, true));
+        }
+        let stream = self
+            .connector
+            .new_stream(&peer(up, false))
+            .await
+            .map_err(|e| Failure::of(&e))?;
+        Ok((stream, false))
+    }
+
+    /// Keeps a connection whose last answer was read whole, with nothing after it, for the
+    /// next request to `up`.
+    pub fn put_back(&self, up: &Upstream, stream: Stream) {
+        if !up.keepalive {
+            return;
+        }
+        let list = self.idle.entry(up.socket_addr).or_default();
+        let mut idle = list.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push((stream, Instant::now()));
+        }
+    }
+
+    /// A pingora HTTP/1 client session to `up` (poll fallbacks, auth checks), on an idle
+    /// connection when one is usable. `.1`: it was reused.
     pub async fn session(&self, up: &Upstream) -> Result<(HttpSession, bool), Failure> {
         let peer = peer(up, false);
-        let (stream, reused) = match self.take_idle(up) {
-            Some(s) => (s, true),
-            None => (
-                self.connector
-                    .new_stream(&peer)
-                    .await
-                    .map_err(|e| Failure::of(&e))?,
-                false,
-            ),
-        };
+        let (stream, reused) = self.stream(up).await?;
         let mut s = HttpSession::new_with_options(stream, &peer);
         s.read_timeout = peer.options.read_timeout;
         s.write_timeout = peer.options.write_timeout;
@@ -84,11 +103,7 @@ impl UpstreamClient {
         }
         session.respect_keepalive();
         if let Some(stream) = session.reuse().await {
-            let list = self.idle.entry(up.socket_addr).or_default();
-            let mut idle = list.lock();
-            if idle.len() < MAX_IDLE {
-                idle.push((stream, Instant::now()));
-            }
+            self.put_back(up, stream);
         }
     }
 

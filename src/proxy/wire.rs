@@ -4,7 +4,6 @@
 
 use super::answer::Answer;
 use pingora_core::protocols::http::date::get_cached_date;
-use pingora_http::ResponseHeader;
 use std::io::Write as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -115,31 +114,6 @@ pub fn end_relayed_head(out: &mut Vec<u8>, dated: bool, keep_alive: bool) {
     } else {
         end_head(out, keep_alive);
     }
-}
-
-/// A relayed response head: status line, the header lines (case kept), then `Date` (when the
-/// upstream sent none) and `Connection`.
-pub fn response_head(out: &mut Vec<u8>, resp: &ResponseHeader, keep_alive: bool) {
-    out.clear();
-    status_line(out, resp.status.as_u16(), resp.get_reason_phrase());
-    resp.header_to_h1_wire(out);
-    if resp.headers.contains_key(http::header::DATE) {
-        out.extend_from_slice(if keep_alive {
-            b"Connection: keep-alive\r\n\r\n"
-        } else {
-            b"Connection: close\r\n\r\n"
-        });
-    } else {
-        end_head(out, keep_alive);
-    }
-}
-
-/// An interim (1xx) head: no `Date`, no `Connection`.
-pub fn interim_head(out: &mut Vec<u8>, resp: &ResponseHeader) {
-    out.clear();
-    status_line(out, resp.status.as_u16(), resp.get_reason_phrase());
-    resp.header_to_h1_wire(out);
-    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
