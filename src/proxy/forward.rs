@@ -16,13 +16,14 @@
 use super::answer::{proxy_error_message, Answer};
 use super::headers::{self, MAX_RESPONSE_HEAD};
 use super::request::RequestHead;
-use super::response::{self, Body, Chunks, Head, MAX_HEADERS};
+use super::response::{self, Body, Chunks, Head, Lines, Slots};
 use super::router::RouteEntry;
 use super::upstream::{Failure, UpstreamClient};
 use super::wire;
 use crate::config::Upstream;
 use bytes::BytesMut;
 use pingora_core::protocols::Stream;
+use pingora_timeout::fast_timeout::fast_timeout;
 use std::io::Write as _;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -98,10 +99,11 @@ async fn client_gone(io: &mut Stream, pipelined: &mut BytesMut) {
         if pipelined.len() >= MAX_PIPELINED {
             return std::future::pending().await;
         }
-        pipelined.reserve(1024);
-        match io.read_buf(pipelined).await {
+        // Read into the stack first: most forwards see no client byte, and allocate none.
+        let mut chunk = [0u8; 1024];
+        match io.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
-            Ok(_) => {}
+            Ok(n) => pipelined.extend_from_slice(&chunk[..n]),
         }
     }
 }
@@ -126,7 +128,7 @@ impl Upstream_ {
     async fn read(&mut self, c: &mut Client<'_>) -> Result<Read, Failure> {
         self.buf.reserve(READ_CHUNK);
         let read = tokio::select! {
-            r = tokio::time::timeout(self.read_timeout, self.io.read_buf(&mut self.buf)) => r,
+            r = fast_timeout(self.read_timeout, self.io.read_buf(&mut self.buf)) => r,
             _ = client_gone(c.io, c.pipelined) => return Err(Failure::Downstream),
         };
         match read {
@@ -157,7 +159,7 @@ async fn exchange(
 ) -> Exchanged {
     let fail = |f: Failure| Err((f, None));
     let mut retried = false;
-    let (mut u, first) = loop {
+    let (mut u, mut answer) = loop {
         let (io, reused) = match upstream.stream(up).await {
             Ok(s) => s,
             Err(f) => return fail(f),
@@ -177,60 +179,64 @@ async fn exchange(
             c.ip,
             up,
         );
-        let sent = match tokio::time::timeout(up.write_timeout, u.io.write_all(c.out)).await {
+        // pingora's stream may buffer writes: the flush sends them.
+        let write = async {
+            u.io.write_all(c.out).await?;
+            u.io.flush().await
+        };
+        let sent = match fast_timeout(up.write_timeout, write).await {
             Err(_) => Err(Failure::WriteTimeout),
             Ok(Err(_)) => Err(Failure::Protocol),
             Ok(Ok(())) => Ok(()),
         };
         let first = match sent {
-            Ok(()) => read_head(&mut u, c, head.is_head()).await,
+            Ok(()) => next_head(&mut u, c, head).await,
             Err(f) => Err(f),
         };
         let retriable = reused && !retried && idempotent(head.method) && u.buf.is_empty();
         match first {
-            Ok(h) => break (u, h),
+            Ok(a) => break (u, a),
             Err(Failure::Protocol) if retriable => retried = true,
             Err(f) => return fail(f),
         }
     };
-    let mut h = first;
     // Interim answers (103 Early Hints) reach HTTP/1.1 clients only: HTTP/1.0 has none.
-    while h.status < 200 {
-        if h.status == 101 {
-            // Nobody asked for an upgrade on this path.
-            return fail(Failure::Protocol);
+    while answer.0.status < 200 {
+        if !head.http10 && c.io.write_all(c.out).await.is_err() {
+            return fail(Failure::Downstream);
         }
-        if !head.http10 {
-            c.out.clear();
-            relayed_lines(c.out, &u.buf[..h.len], None, false);
-            c.out.extend_from_slice(b"\r\n");
-            if c.io.write_all(c.out).await.is_err() {
-                return fail(Failure::Downstream);
-            }
-        }
-        let _ = u.buf.split_to(h.len);
-        h = match read_head(&mut u, c, head.is_head()).await {
-            Ok(h) => h,
+        let _ = u.buf.split_to(answer.0.len);
+        answer = match next_head(&mut u, c, head).await {
+            Ok(a) => a,
             Err(f) => return fail(f),
         };
     }
-    relay(upstream, c, head, up, u, h).await
+    let (h, f) = answer;
+    let _ = u.buf.split_to(h.len);
+    match pump_body(c, &mut u, h.body, f.chunked).await {
+        Ok(clean) => {
+            // Reused only when the answer ended where its framing said and nothing followed.
+            if clean && h.reusable && up.keepalive && u.buf.is_empty() {
+                upstream.put_back(up, u.io);
+            }
+            Ok((h.status, f.keep_alive))
+        }
+        Err((e, written)) => Err((e, written.then_some(h.status))),
+    }
 }
 
-/// Reads until the answer head at the start of `u.buf` is complete.
-async fn read_head(
+/// Reads until an answer head is complete at the start of `u.buf`, and writes the client's
+/// head for it into `c.out` (an interim one as it is, a final one with this hop's framing).
+/// Each head is parsed once when complete.
+async fn next_head(
     u: &mut Upstream_,
     c: &mut Client<'_>,
-    head_only: bool,
-) -> Result<Head, Failure> {
+    req: &RequestHead<'_>,
+) -> Result<(Head, Framing), Failure> {
     loop {
         if !u.buf.is_empty() {
-            if let Some(h) = response::head(&u.buf, head_only)? {
-                return if h.len > MAX_RESPONSE_HEAD {
-                    Err(Failure::Protocol)
-                } else {
-                    Ok(h)
-                };
+            if let Some(a) = client_head(&u.buf, c, req)? {
+                return Ok(a);
             }
             if u.buf.len() > MAX_RESPONSE_HEAD {
                 return Err(Failure::Protocol);
@@ -240,6 +246,38 @@ async fn read_head(
             return Err(Failure::Protocol);
         }
     }
+}
+
+/// Parses the answer head at the start of `buf` and, once complete, writes the client's head
+/// for it into `c.out`.
+fn client_head(
+    buf: &[u8],
+    c: &mut Client<'_>,
+    req: &RequestHead<'_>,
+) -> Result<Option<(Head, Framing)>, Failure> {
+    let mut slots = Slots::new();
+    let Some((h, lines)) = response::head(buf, &mut slots, req.is_head())? else {
+        return Ok(None);
+    };
+    // Nobody asked for an upgrade on this path.
+    if h.len > MAX_RESPONSE_HEAD || h.status == 101 {
+        return Err(Failure::Protocol);
+    }
+    c.out.clear();
+    let f = frame_for_client(lines.headers, &h, req.http10, c.keep_alive);
+    if h.status < 200 {
+        relayed_lines(c.out, h.status, &lines, None, false);
+        c.out.extend_from_slice(b"\r\n");
+        return Ok(Some((h, f)));
+    }
+    let dated = relayed_lines(c.out, h.status, &lines, Some(&f), c.cors.is_some());
+    if let Some((rules, check)) = &c.cors {
+        for (name, value) in super::cors::lines(rules, check) {
+            wire::header_line(c.out, name.as_bytes(), value.as_bytes());
+        }
+    }
+    wire::end_relayed_head(c.out, dated, f.keep_alive);
+    Ok(Some((h, f)))
 }
 
 /// This hop's framing of a relayed answer.
@@ -297,7 +335,8 @@ fn frame_for_client(
             let mut cl = lines
                 .iter()
                 .filter(|l| l.name.eq_ignore_ascii_case("content-length"));
-            let single = matches!((cl.next(), cl.next()), (Some(v), None) if v.value.trim_ascii() == n.to_string().as_bytes());
+            let single =
+                matches!((cl.next(), cl.next()), (Some(v), None) if is_decimal_of(v.value, n));
             if !single {
                 f.keep_length = false;
                 f.length = Some(n);
@@ -328,15 +367,27 @@ fn frame_for_client(
     f
 }
 
-/// The status line and the header lines of the upstream head `raw` that cross to the client
+/// Whether `value` is exactly `n` in decimal (no sign, spaces or leading zeros): a
+/// `Content-Length` line that can be relayed as it is.
+fn is_decimal_of(value: &[u8], n: u64) -> bool {
+    let canonical = value == b"0" || value.first().is_some_and(|d| (b'1'..=b'9').contains(d));
+    canonical
+        && value.len() <= 20
+        && value.iter().all(u8::is_ascii_digit)
+        && std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()) == Some(n)
+}
+
+/// The status line and the header lines of an upstream head that cross to the client
 /// (`headers::Downstream`, in their order and casing, framing lines as `f` says), then `Via`.
-/// `cors`: a route's CORS rules replace the upstream's `Access-Control-*` lines.
-fn relayed_lines(out: &mut Vec<u8>, raw: &[u8], f: Option<&Framing>, cors: bool) -> bool {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    // Parsed whole before: the same bytes parse again.
-    let _ = resp.parse(raw);
-    let status = resp.code.unwrap_or(502);
+/// `cors`: a route's CORS rules replace the upstream's `Access-Control-*` lines. Returns
+/// whether a `Date` line went out.
+fn relayed_lines(
+    out: &mut Vec<u8>,
+    status: u16,
+    resp: &Lines<'_>,
+    f: Option<&Framing>,
+    cors: bool,
+) -> bool {
     // The upstream's own reason phrase, unless it is the usual one (the fast status line).
     let canonical = http::StatusCode::from_u16(status)
         .ok()
@@ -386,42 +437,6 @@ fn relayed_lines(out: &mut Vec<u8>, raw: &[u8], f: Option<&Framing>, cors: bool)
     );
     wire::header_line(out, b"Via", via.as_bytes());
     dated
-}
-
-/// Relays the final answer: the head with this hop's framing, then the body as it arrives.
-async fn relay(
-    upstream: &UpstreamClient,
-    c: &mut Client<'_>,
-    head: &RequestHead<'_>,
-    up: &Upstream,
-    mut u: Upstream_,
-    h: Head,
-) -> Exchanged {
-    let f = {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut slots);
-        let _ = resp.parse(&u.buf[..h.len]);
-        frame_for_client(resp.headers, &h, head.http10, c.keep_alive)
-    };
-    c.out.clear();
-    let dated = relayed_lines(c.out, &u.buf[..h.len], Some(&f), c.cors.is_some());
-    if let Some((rules, check)) = &c.cors {
-        for (name, value) in super::cors::lines(rules, check) {
-            wire::header_line(c.out, name.as_bytes(), value.as_bytes());
-        }
-    }
-    wire::end_relayed_head(c.out, dated, f.keep_alive);
-    let _ = u.buf.split_to(h.len);
-    match pump_body(c, &mut u, h.body, f.chunked).await {
-        Ok(clean) => {
-            // Reused only when the answer ended where its framing said and nothing followed.
-            if clean && h.reusable && up.keepalive && u.buf.is_empty() {
-                upstream.put_back(up, u.io);
-            }
-            Ok((h.status, f.keep_alive))
-        }
-        Err((e, written)) => Err((e, written.then_some(h.status))),
-    }
 }
 
 /// Writes what `out` holds.

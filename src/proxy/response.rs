@@ -42,15 +42,66 @@ pub struct Head {
     pub transfer_encoding: bool,
 }
 
+/// Room for an answer's header lines: most answers fit the inline slots; a larger head is
+/// parsed again with [`MAX_HEADERS`] on the heap.
+pub struct Slots<'b> {
+    inline: [httparse::Header<'b>; INLINE_HEADERS],
+    heap: Vec<httparse::Header<'b>>,
+}
+
+const INLINE_HEADERS: usize = 32;
+
+impl Slots<'_> {
+    pub fn new() -> Self {
+        Slots {
+            inline: [httparse::EMPTY_HEADER; INLINE_HEADERS],
+            heap: Vec::new(),
+        }
+    }
+}
+
+impl Default for Slots<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An answer head as parsed: what the relay writes from.
+pub struct Lines<'b> {
+    pub reason: Option<&'b str>,
+    pub headers: &'b [httparse::Header<'b>],
+}
+
+/// One parse into `slots`: the head's length and its parts, `None` while incomplete.
+#[allow(clippy::type_complexity)]
+fn parse_in<'b>(
+    buf: &'b [u8],
+    slots: &'b mut [httparse::Header<'b>],
+) -> Result<Option<(usize, httparse::Response<'b, 'b>)>, httparse::Error> {
+    let mut resp = httparse::Response::new(slots);
+    Ok(match resp.parse(buf)? {
+        httparse::Status::Complete(n) => Some((n, resp)),
+        httparse::Status::Partial => None,
+    })
+}
+
 /// Parses the answer head at the start of `buf`: `Ok(None)` while incomplete. `head_only`:
 /// the request was HEAD.
-pub fn head(buf: &[u8], head_only: bool) -> Result<Option<Head>, Failure> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(Failure::Protocol),
+pub fn head<'b>(
+    buf: &'b [u8],
+    slots: &'b mut Slots<'b>,
+    head_only: bool,
+) -> Result<Option<(Head, Lines<'b>)>, Failure> {
+    let Slots { inline, heap } = slots;
+    let parsed = match parse_in(buf, inline) {
+        Err(httparse::Error::TooManyHeaders) => {
+            heap.resize(MAX_HEADERS, httparse::EMPTY_HEADER);
+            parse_in(buf, heap)
+        }
+        parsed => parsed,
+    };
+    let Some((len, resp)) = parsed.map_err(|_| Failure::Protocol)? else {
+        return Ok(None);
     };
     let status = resp.code.ok_or(Failure::Protocol)?;
     let http10 = resp.version == Some(0);
@@ -102,13 +153,18 @@ pub fn head(buf: &[u8], head_only: bool) -> Result<Option<Head>, Failure> {
     // RFC 9112 section 6.1: Transfer-Encoding on an HTTP/1.0 answer: close after it.
     let reusable =
         !close && (!http10 || keep_alive) && body != Body::Close && !(http10 && te.is_some());
-    Ok(Some(Head {
+    let h = Head {
         len,
         status,
         body,
         reusable,
         transfer_encoding: te.is_some(),
-    }))
+    };
+    let lines = Lines {
+        reason: resp.reason,
+        headers: resp.headers,
+    };
+    Ok(Some((h, lines)))
 }
 
 /// A strict decoder of a chunked body, fed the bytes as they arrive.
@@ -341,7 +397,8 @@ mod tests {
     }
 
     fn framing(raw: &[u8], head_only: bool) -> (Body, bool) {
-        let h = head(raw, head_only).unwrap().unwrap();
+        let mut slots = Slots::new();
+        let (h, _) = head(raw, &mut slots, head_only).unwrap().unwrap();
         (h.body, h.reusable)
     }
 
@@ -396,11 +453,33 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n",
         ] {
+            let mut slots = Slots::new();
             assert!(
-                head(bad, false).is_err(),
+                head(bad, &mut slots, false).is_err(),
                 "{}",
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    fn with_lines(n: usize) -> Vec<u8> {
+        let mut raw = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..n {
+            raw.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        raw
+    }
+
+    #[test]
+    fn heads_past_the_inline_slots_parse_up_to_the_limit() {
+        let raw = with_lines(100);
+        let mut slots = Slots::new();
+        let (h, lines) = head(&raw, &mut slots, false).unwrap().unwrap();
+        assert_eq!((h.len, h.body), (raw.len(), Body::Length(0)));
+        assert_eq!(lines.headers.len(), 101);
+        let raw = with_lines(MAX_HEADERS);
+        let mut slots = Slots::new();
+        assert!(head(&raw, &mut slots, false).is_err());
     }
 }
