@@ -23,13 +23,15 @@ pub fn demo_config(addrs: &DemoAddrs) -> Result<Config, crate::config::ConfigErr
     Config::from_yaml(&text, &|k| std::env::var(k).ok())
 }
 
-/// Starts the sample backend on its own thread and runtime; returns once it is listening.
+/// Starts the sample backend on its own thread and runtime; returns once it is listening, with
+/// the address it got (port 0 lets the kernel pick).
 pub fn start_backend(
     addr: &str,
     topics: &[&str],
     period: Duration,
-) -> std::io::Result<SampleBackend> {
+) -> std::io::Result<(SampleBackend, std::net::SocketAddr)> {
     let listener = std::net::TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
     listener.set_nonblocking(true)?;
     let backend = SampleBackend::new();
     let b = backend.clone();
@@ -49,7 +51,7 @@ pub fn start_backend(
                 b.serve(listener).await;
             });
         })?;
-    Ok(backend)
+    Ok((backend, bound))
 }
 
 /// Why the demo cannot listen on `addr`, naming what it was for and the flag that moves it.

@@ -10,9 +10,10 @@
 //!   judged by the one validator, [`proxy::request`]; [`proxy::router`] decides what the
 //!   request is ([`proxy::router::Dispatch`]); [`proxy::poll`] decides every poll's answer
 //!   ([`proxy::answer::Answer`]), written by [`proxy::wire`] (pollgate's connections) or
-//!   [`proxy::session`] (pingora's). Bodiless requests and poll fallbacks are forwarded by
-//!   [`proxy::forward`] through [`proxy::upstream`] (pingora's HTTP/1 client and pool, also
-//!   used by [`proxy::access`] for `auth_request`); bodies and WebSocket handshakes go to
+//!   [`proxy::session`] (pingora's). Bodiless requests are forwarded by [`proxy::forward`]
+//!   (answers read by [`proxy::response`]) over connections from [`proxy::upstream`], which
+//!   also gives poll fallbacks and [`proxy::access`] (`auth_request`) pingora's HTTP/1
+//!   client; bodies and WebSocket handshakes go to
 //!   pingora's proxy with [`proxy::Gateway`]. [`proxy::headers`]: one set of hop-by-hop and
 //!   `X-Forwarded-*` rules for both. [`proxy::shadow`]: sampled polls also asked of the backend,
 //!   off the client's path, and compared with the cache (`shadow` on a poll route).

@@ -159,13 +159,14 @@ fn main() -> ExitCode {
             period_ms,
         }) => {
             let t: Vec<&str> = topics.iter().map(|s| s.as_str()).collect();
-            if let Err(e) =
-                demo::start_backend(&listen, &t, Duration::from_millis(period_ms.max(1)))
-            {
-                eprintln!("cannot start the sample backend on {listen}: {e}");
-                return ExitCode::from(1);
+            match demo::start_backend(&listen, &t, Duration::from_millis(period_ms.max(1))) {
+                // The bound address: with port 0, the one the kernel picked.
+                Ok((_, bound)) => eprintln!("sample backend listening on {bound}"),
+                Err(e) => {
+                    eprintln!("cannot start the sample backend on {listen}: {e}");
+                    return ExitCode::from(1);
+                }
             }
-            eprintln!("sample backend listening on {listen}");
             loop {
                 std::thread::park();
             }

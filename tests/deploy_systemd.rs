@@ -2,8 +2,8 @@
 //! directory, stop timeout, limits and hardening agree with pollgate.yaml, and the reload script
 //! upgrades a running `pollgate -d` in place without refusing a request.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::deploy::{as_u64, at, root, yaml};
-use common::{free_port, repo_file, scratch_dir, status_of, BIN};
+use common::{repo_file, scratch_dir, status_of, BIN};
 
 fn unit_key<'a>(unit: &'a str, key: &str) -> Option<&'a str> {
     unit.lines()
@@ -135,48 +135,58 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 #[test]
 fn reload_script_upgrades_without_refusing_a_request() {
     let dir = scratch_dir();
-    let (backend, listen, admin) = (free_port(), free_port(), free_port());
     let pid_file = dir.join("pollgate.pid");
     let mut reap = Reap {
         children: Vec::new(),
         pid_file: pid_file.clone(),
         pids: Vec::new(),
     };
-    reap.children.push(
-        Command::new(BIN)
-            .args([
-                "sample-backend",
-                "--listen",
-                &format!("127.0.0.1:{backend}"),
-                "--topics",
-                "btc",
-                "--period-ms",
-                "100",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until("the sample backend", Duration::from_secs(10), || {
-        TcpStream::connect(("127.0.0.1", backend)).is_ok()
-    });
+    // Every port is picked by the kernel and learnt from the process that holds it.
+    let mut sample = Command::new(BIN)
+        .args([
+            "sample-backend",
+            "--listen",
+            "127.0.0.1:0",
+            "--topics",
+            "btc",
+            "--period-ms",
+            "100",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut announced = String::new();
+    let mut lines = std::io::BufReader::new(sample.stderr.take().unwrap());
+    lines.read_line(&mut announced).unwrap();
+    // Keep draining, so a later log line from the backend never meets a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
+    reap.children.push(sample);
+    let backend: SocketAddr = announced
+        .trim()
+        .strip_prefix("sample backend listening on ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in the sample backend's line: {announced:?}"));
 
-    // The systemd config with this test's ports and paths.
-    let conf_text = repo_file("deploy/systemd/pollgate.yaml")
-        .replace("0.0.0.0:8080", &format!("127.0.0.1:{listen}"))
-        .replace("127.0.0.1:9091", &format!("127.0.0.1:{admin}"))
-        .replace("127.0.0.1:9000", &format!("127.0.0.1:{backend}"))
-        .replace("/run/pollgate/", &format!("{}/", dir.display()))
-        .replace("grace_period_seconds: 5", "grace_period_seconds: 1")
-        .replace(
-            "graceful_shutdown_timeout_seconds: 5",
-            "graceful_shutdown_timeout_seconds: 1",
-        );
+    // The systemd config with this test's paths, on ports the kernel picks.
+    let conf_with = |listen: &str, admin: &str| {
+        repo_file("deploy/systemd/pollgate.yaml")
+            .replace("0.0.0.0:8080", listen)
+            .replace("127.0.0.1:9091", admin)
+            .replace("127.0.0.1:9000", &backend.to_string())
+            .replace("/run/pollgate/", &format!("{}/", dir.display()))
+            .replace("grace_period_seconds: 5", "grace_period_seconds: 1")
+            .replace(
+                "graceful_shutdown_timeout_seconds: 5",
+                "graceful_shutdown_timeout_seconds: 1",
+            )
+    };
+    let conf_text = conf_with("127.0.0.1:0", "127.0.0.1:0");
     assert!(conf_text.contains(&dir.display().to_string()));
     let conf = dir.join("pollgate.yaml");
     std::fs::write(&conf, &conf_text).unwrap();
     let log = std::fs::File::create(dir.join("pollgate.log")).unwrap();
+    let log_text = || std::fs::read_to_string(dir.join("pollgate.log")).unwrap_or_default();
 
     // As ExecStart= does: -d returns once the daemon is forked.
     let status = Command::new(BIN)
@@ -193,9 +203,21 @@ fn reload_script_upgrades_without_refusing_a_request() {
     });
     let old = read_pid(&pid_file).unwrap();
     reap.pids.push(old);
+    wait_until("the listening line", Duration::from_secs(10), || {
+        common::listening_addresses(&log_text()).is_some_and(|(_, admin)| admin.is_some())
+    });
+    let (proxy, admin) = common::listening_addresses(&log_text()).unwrap();
+    let (listen, admin) = (proxy[0].port(), admin.unwrap().port());
     wait_until("readiness", Duration::from_secs(10), || {
         get_status(admin, "/readyz") == Ok(200)
     });
+    // The upgraded process takes the listening sockets over by address: its config names the
+    // ports the first one got.
+    let conf_text = conf_with(
+        &format!("127.0.0.1:{listen}"),
+        &format!("127.0.0.1:{admin}"),
+    );
+    std::fs::write(&conf, &conf_text).unwrap();
 
     let script = root().join("deploy/systemd/pollgate-reload");
     let reload = |conf: &Path| {
@@ -237,7 +259,6 @@ fn reload_script_upgrades_without_refusing_a_request() {
     };
     std::thread::sleep(Duration::from_millis(500));
     let status = reload(&conf);
-    let log_text = || std::fs::read_to_string(dir.join("pollgate.log")).unwrap_or_default();
     assert!(status.success(), "reload failed:\n{}", log_text());
     let new = read_pid(&pid_file).unwrap();
     reap.pids.push(new);

@@ -814,7 +814,7 @@ routes:
         !r.to_ascii_lowercase().contains("keep-alive: timeout"),
         "{r}"
     );
-    // A chunked answer is decoded by pingora's client and chunked again for this hop: the
+    // A chunked answer is decoded by pollgate's reader and chunked again for this hop: the
     // data arrives whole; chunk extensions and trailers do not cross (a trailer is never
     // relayed verbatim).
     let r = ask("GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n").await;

@@ -8,9 +8,10 @@
 //!   once as an [`answer::Answer`].
 //! - Writers, which decide nothing: [`wire`] on pollgate's own connections, [`session`]
 //!   through a pingora session.
-//! - [`forward`]: bodiless requests (and poll fallbacks) forwarded from the connection loop
-//!   through [`upstream`], pingora's HTTP/1 client and pool, shared with [`access`]
-//!   (`auth_request`). [`headers`]: the hop-by-hop and `X-Forwarded-*` rules of both paths.
+//! - [`forward`]: bodiless requests forwarded from the connection loop, answers read by
+//!   [`response`], connections from [`upstream`] (which also serves poll fallbacks and
+//!   [`access`], `auth_request`, through pingora's HTTP/1 client). [`headers`]: the hop-by-hop
+//!   and `X-Forwarded-*` rules of both paths.
 //! - [`gateway`]: the `ProxyHttp` implementation for what pingora proxies (bodies, WebSocket
 //!   tunnels, everything with `fast_paths: false`).
 //! - [`state`]: the shared [`GatewayState`]; [`log`]: counting and the access log.

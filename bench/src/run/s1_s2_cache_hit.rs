@@ -352,10 +352,10 @@ fn s1_s2_inner(
         report.target(
             "1",
             "req/s pollgate / nginx",
-            ">= 0.7",
+            ">= 0.95",
             format!("{r:.2}"),
             Some(r),
-            Some(r >= 0.7),
+            Some(r >= 0.95),
         );
         let (a, b) = (m_pg.p99_typical(), m.p99_typical());
         let q = ratio(a, b);

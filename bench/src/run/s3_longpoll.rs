@@ -181,10 +181,10 @@ fn s3_inner(env: &Env, report: &mut Report, sec: &mut Section) -> Result<(), Str
                 report.target(
                     "3",
                     &format!("{label}: RSS per held poll"),
-                    "<= 16 KiB",
+                    "<= 8 KiB",
                     format!("{:.1} KiB", b / 1024.0),
                     Some(b),
-                    Some(b <= 16.0 * 1024.0),
+                    Some(b <= 8.0 * 1024.0),
                 );
             }
         }

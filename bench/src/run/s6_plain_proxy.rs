@@ -102,10 +102,10 @@ pub(super) fn s6(env: &Env, report: &mut Report) -> Result<(), String> {
             report.target(
                 "6",
                 "proxied req/s pollgate / nginx",
-                ">= 0.8",
+                ">= 0.9",
                 format!("{r:.2}"),
                 Some(r),
-                Some(r >= 0.8),
+                Some(r >= 0.9),
             );
             data["nginx"] = m.json();
             data["ratio_pollgate_nginx"] = json!(r);
