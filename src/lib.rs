@@ -35,7 +35,7 @@
 //!   │ poll (GET/HEAD) ──► poll::serve ──► Answer ──► wire (or session) ──► client
 //!   │     Hub::topic (subscribe once) ── warm: hit / 304 / held until news / since-array
 //!   │     cold or too stale ──► fallback ──┐
-//!   │ proxy, no body ──► forward ──────────┴──► upstream (pingora client, pooled) ──► backend
+//!   │ proxy, no body ──► forward ──────────┴──► upstream (pingora's connector, pooled) ──► backend
 //!   └ body or WebSocket handshake (or fast_paths: false) ──► pingora ──► Gateway
 //!         (the same dispatch, poll core and header rules) ──► backend / tunnel
 //! backend WebSocket ──► subscription ──► Hub::ingest ──► Topic::publish ──► wakes held polls
