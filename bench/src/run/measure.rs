@@ -103,10 +103,88 @@ pub(super) const HTTP_COLUMNS: &[&str] = &[
     "vs pollgate",
 ];
 
+/// A throughput ratio that a shared machine's load does not decide: the median over the rounds
+/// of `a`'s req/s over `b`'s in the same round (measured back to back, so a slow spell of the
+/// machine hits both), with every round's ratio. Without rounds: the ratio of the two runs.
+pub(super) fn paired_ratio(a: &Measure, b: &Measure) -> (f64, Vec<f64>) {
+    let mut each: Vec<f64> = a
+        .rounds
+        .iter()
+        .zip(&b.rounds)
+        .map(|(x, y)| ratio(*x, *y))
+        .collect();
+    if each.is_empty() {
+        return (ratio(a.rps, b.rps), Vec::new());
+    }
+    let in_order = each.clone();
+    each.sort_by(f64::total_cmp);
+    let n = each.len();
+    let median = if n % 2 == 1 {
+        each[n / 2]
+    } else {
+        (each[n / 2 - 1] + each[n / 2]) / 2.0
+    };
+    (median, in_order)
+}
+
+/// How a paired ratio reads in the targets table: the median, every round, and the ratio of
+/// the two best runs for context.
+pub(super) fn paired_text(a: &Measure, b: &Measure) -> (f64, String) {
+    let (median, each) = paired_ratio(a, b);
+    if each.len() < 2 {
+        return (median, format!("{median:.2}"));
+    }
+    let rounds: Vec<String> = each.iter().map(|r| format!("{r:.2}")).collect();
+    (
+        median,
+        format!(
+            "{median:.2} (median of rounds {}; best runs {:.2})",
+            rounds.join(", "),
+            ratio(a.rps, b.rps)
+        ),
+    )
+}
+
 pub(super) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 {
         a / b
     } else {
         0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs(rounds: &[f64]) -> Measure {
+        Measure {
+            tool: "test",
+            rps: rounds.iter().cloned().fold(0.0, f64::max),
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            requests: 0,
+            errors: 0,
+            bytes_per_response: 0,
+            rounds: rounds.to_vec(),
+            rps_median: 0.0,
+            p99_rounds: Vec::new(),
+            p99_median_ms: 0.0,
+            foreign_cpu_pct: None,
+            steal_pct: None,
+        }
+    }
+
+    #[test]
+    fn paired_ratios_follow_the_rounds_not_the_best_runs() {
+        // b's best run (120) was a lucky spell; round by round a is ahead in two of three.
+        let (a, b) = (runs(&[100.0, 90.0, 80.0]), runs(&[120.0, 80.0, 70.0]));
+        let (median, each) = paired_ratio(&a, &b);
+        assert_eq!(each.len(), 3);
+        assert!((median - 90.0 / 80.0).abs() < 1e-9, "{median} {each:?}");
+        assert!(ratio(a.rps, b.rps) < 1.0);
+        let (even, _) = paired_ratio(&runs(&[1.0, 3.0]), &runs(&[1.0, 1.0]));
+        assert!((even - 2.0).abs() < 1e-9);
+        assert_eq!(paired_ratio(&runs(&[]), &runs(&[])).1.len(), 0);
     }
 }

@@ -104,8 +104,11 @@ impl Env {
             format!(
                 "Each contender was measured {} times, interleaved (contender A, B, C, .. then again); the table \
                  shows each one's best run, the least disturbed by other load on the machine (every run's req/s \
-                 and p99 and their medians are in results.json). A tail ratio in the targets compares the \
-                 medians of the rounds' p99s: one disturbed round can triple a p99 without touching the req/s.",
+                 and p99 and their medians are in results.json). A throughput target is the median of the \
+                 rounds' paired ratios (two contenders measured back to back in the same round, so a slow \
+                 spell of the shared machine hits both); the ratio of the best runs is shown beside it. A tail \
+                 ratio in the targets compares the medians of the rounds' p99s: one disturbed round can triple \
+                 a p99 without touching the req/s.",
                 self.plan.rounds
             )
         } else {

@@ -1,7 +1,7 @@
 //! Scenarios 1 and 2: cache-hit short polls (1b: at an equal paced load) and conditional polls.
 
 use super::env::Env;
-use super::measure::{ratio, Measure, HTTP_COLUMNS};
+use super::measure::{paired_ratio, paired_text, ratio, Measure, HTTP_COLUMNS};
 use super::nginx;
 use super::plan::Mode;
 use super::pollgate_config::pollgate_config;
@@ -336,24 +336,26 @@ fn s1_s2_inner(
         "sample_backend": m_direct.json(),
         "ratio_pollgate_bare": ratio(m_pg.rps, m_bare.rps),
         "ratio_pollgate_nginx": m_nginx.as_ref().map(|m| ratio(m_pg.rps, m.rps)),
+        "paired_ratio_pollgate_bare": paired_ratio(&m_pg, &m_bare).0,
+        "paired_ratio_pollgate_nginx": m_nginx.as_ref().map(|m| paired_ratio(&m_pg, m).0),
         "ratio_p99_pollgate_nginx": m_nginx.as_ref().map(|m| ratio(m_pg.p99_ms, m.p99_ms)),
     });
-    let r = ratio(m_pg.rps, m_bare.rps);
+    let (r, text) = paired_text(&m_pg, &m_bare);
     report.target(
         "1",
         "req/s pollgate / bare pingora",
         ">= 0.9",
-        format!("{r:.2}"),
+        text,
         Some(r),
         Some(r >= 0.9),
     );
     if let Some(m) = &m_nginx {
-        let r = ratio(m_pg.rps, m.rps);
+        let (r, text) = paired_text(&m_pg, m);
         report.target(
             "1",
             "req/s pollgate / nginx",
             ">= 0.95",
-            format!("{r:.2}"),
+            text,
             Some(r),
             Some(r >= 0.95),
         );
