@@ -161,7 +161,7 @@ impl SampleBackend {
         let mut buf = Vec::with_capacity(4096);
         loop {
             // Read one request head.
-            let (head_len, method, path, headers) = loop {
+            let (head_len, method, path, headers, http10) = loop {
                 let mut hdrs = [httparse::EMPTY_HEADER; 32];
                 let mut req = httparse::Request::new(&mut hdrs);
                 match req.parse(&buf) {
@@ -181,6 +181,7 @@ impl SampleBackend {
                             req.method.unwrap_or("").to_string(),
                             req.path.unwrap_or("/").to_string(),
                             headers,
+                            req.version == Some(0),
                         );
                     }
                     Ok(httparse::Status::Partial) => {
@@ -249,6 +250,22 @@ impl SampleBackend {
             if let Some(e) = etag {
                 resp.push_str(&format!("etag: {e}\r\n"));
             }
+            // RFC 9112 §9.3: HTTP/1.0 stays open only when it asked to, HTTP/1.1 unless it
+            // asked not to (ApacheBench speaks HTTP/1.0 and reads to the close).
+            let tokens = header("connection")
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let has = |t: &str| tokens.split(',').any(|x| x.trim() == t);
+            let keep_alive = if http10 {
+                has("keep-alive")
+            } else {
+                !has("close")
+            };
+            match (keep_alive, http10) {
+                (false, _) => resp.push_str("connection: close\r\n"),
+                (true, true) => resp.push_str("connection: keep-alive\r\n"),
+                (true, false) => {}
+            }
             resp.push_str("\r\n");
             let mut wire = resp.into_bytes();
             if method != "HEAD" {
@@ -258,6 +275,10 @@ impl SampleBackend {
                 .http_bytes_out
                 .fetch_add(wire.len() as u64, Ordering::Relaxed);
             stream.write_all(&wire).await?;
+            if !keep_alive {
+                stream.shutdown().await?;
+                return Ok(());
+            }
         }
     }
 

@@ -125,3 +125,60 @@ fn a_bad_or_shared_address_is_refused_before_anything_starts() {
         "{err}"
     );
 }
+
+/// The demo's "before pollgate" backend answers HTTP/1.0 as RFC 9112 §9.3 says, so ApacheBench
+/// and other HTTP/1.0 clients that read to the close can measure it directly too.
+#[test]
+fn the_sample_backend_closes_after_an_http10_answer_unless_asked_to_keep_alive() {
+    use std::io::{BufRead, Read, Write};
+    let mut child = Command::new(BIN)
+        .args([
+            "sample-backend",
+            "--listen",
+            "127.0.0.1:0",
+            "--topics",
+            "btc",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut announced = String::new();
+    lines.read_line(&mut announced).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
+    let addr = announced
+        .trim()
+        .strip_prefix("sample backend listening on ")
+        .unwrap_or_else(|| panic!("no address in {announced:?}"))
+        .to_string();
+    let exchange = |request: &str| -> String {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        // Read to the close: a timeout here is the hang ApacheBench used to meet.
+        let r = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        assert!(
+            r.is_ok(),
+            "no close after the answer ({r:?}); received:\n{text}"
+        );
+        text
+    };
+    let plain = exchange("GET /stats HTTP/1.0\r\n\r\n");
+    assert!(
+        plain.starts_with("HTTP/1.1 200") && plain.contains("connection: close\r\n"),
+        "{plain}"
+    );
+    let closing = exchange("GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(closing.starts_with("HTTP/1.1 200"), "{closing}");
+    // HTTP/1.0 with keep-alive: a second request on the same connection is answered too.
+    let two = exchange(
+        "GET /stats HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /stats HTTP/1.0\r\n\r\n",
+    );
+    assert_eq!(two.matches("HTTP/1.1 200 OK").count(), 2, "{two}");
+    assert!(two.contains("connection: keep-alive\r\n"), "{two}");
+    child.kill().unwrap();
+    let _ = child.wait();
+}
