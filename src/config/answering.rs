@@ -3,8 +3,8 @@
 
 use super::file::{FileCors, FileShadow, OneOrMany};
 use super::locate::Seg;
+use super::problems::{key, with, Problems};
 use super::types::{Cors, HoldOn, Mode, Origins, Shadow};
-use super::validate::{key, with, Problems};
 use std::time::Duration;
 
 /// The default preflight cache time.

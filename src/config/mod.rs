@@ -10,6 +10,7 @@ mod answering;
 mod duration;
 mod file;
 mod locate;
+mod problems;
 mod shape;
 mod types;
 mod validate;
@@ -17,8 +18,9 @@ mod validate;
 pub use answering::{DEFAULT_CORS_MAX_AGE, DEFAULT_EXPOSE, POLL_REQUEST_HEADERS};
 pub use duration::parse_duration;
 pub use locate::{render as render_path, Seg};
+pub use problems::Problem;
 pub use types::*;
-pub use validate::{expand_env, Problem};
+pub use validate::expand_env;
 
 use std::fmt;
 use std::path::Path;

@@ -3,40 +3,12 @@
 use super::answering;
 use super::file::{FileAccess, FileConfig, FileReconnect, FileRoute, FileSubscribe, FileUpstream};
 use super::locate::Seg;
+use super::problems::{key, with, Problem, Problems};
 use super::types::*;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// One thing wrong with the file, at a key path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub path: Vec<Seg>,
-    pub message: String,
-}
-
-#[derive(Default)]
-pub(super) struct Problems(Vec<Problem>);
-
-impl Problems {
-    pub(super) fn add(&mut self, path: &[Seg], message: impl Into<String>) {
-        self.0.push(Problem {
-            path: path.to_vec(),
-            message: message.into(),
-        });
-    }
-}
-
-pub(super) fn key(k: &str) -> Seg {
-    Seg::Key(k.to_string())
-}
-
-pub(super) fn with(path: &[Seg], seg: Seg) -> Vec<Seg> {
-    let mut p = path.to_vec();
-    p.push(seg);
-    p
-}
 
 /// Validates a parsed file; `env` resolves `${VAR}` in subscription headers.
 pub fn validate(

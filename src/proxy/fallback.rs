@@ -10,7 +10,7 @@
 
 use super::answer::{name, Answer, FALLBACK_UNAVAILABLE};
 use super::headers;
-use super::poll::etag_matches;
+use super::poll::input::etag_matches;
 use super::request::HeaderSource;
 use super::upstream::{Failure, UpstreamClient};
 use crate::config::Upstream;

@@ -11,7 +11,7 @@
 mod diff;
 
 use super::fallback::{self, Fetched};
-use super::poll::{cache_view, CacheView};
+use super::poll::view::{cache_view, CacheView};
 use super::request::HeaderSource;
 use super::upstream::{Failure, UpstreamClient};
 use crate::cache::SubState;

@@ -5,10 +5,12 @@
 //! A held poll waits here too. The path brings the one thing that differs, a future that
 //! finishes when its client hangs up (`client_gone`), and it is polled only while holding.
 
-mod input;
+pub mod input;
+pub mod view;
 
 pub use super::request::HeaderSource;
 pub use input::{cursor_of, etag_matches, hold_for, PollRequest};
+use view::since_body;
 
 use super::access::{AccessCache, Asker, Decision};
 use super::answer::{name, Answer, Which};
@@ -20,7 +22,6 @@ use crate::cache::{CacheError, CursorArg, Message, Since, SubState, Topic};
 use crate::config::{Access, Mode, PollRoute};
 use crate::metrics::METRICS;
 use crate::subscription::Hub;
-use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 use std::future::Future;
 use std::pin::Pin;
@@ -452,82 +453,6 @@ async fn since<G: Future>(mut h: Hold<'_, '_, G>, ask: &Ask, stale: bool) -> Opt
     Some(a)
 }
 
-/// What the cache would answer right now to a plain GET of `topic` with `query` (no
-/// conditionals, no hold): status, the header lines compared by shadow checks, body. `None`
-/// while the topic has nothing cached. The lines are the answer's fixed ones and the route's
-/// `response_headers`; lines that vary per request (`Age`, `Date`, `Pollgate-Stale`,
-/// `Preference-Applied`) are left out.
-pub fn cache_view(hub: &Hub, topic: &str, query: Option<&str>) -> Option<CacheView> {
-    let poll = hub.poll();
-    let t = hub.cache.get(topic)?;
-    let mut view = match poll.mode {
-        Mode::Latest => {
-            let msg = t.latest()?;
-            let lines = msg
-                .heads
-                .as_deref()
-                .map(|h| {
-                    h.ok.lines
-                        .iter()
-                        .map(|(n, v)| (n.to_string(), v.clone()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            CacheView {
-                status: 200,
-                headers: lines,
-                body: msg.payload.clone(),
-            }
-        }
-        Mode::Since => {
-            let cursor = cursor_of(query, None, poll).ok()?;
-            let got = t.since(cursor.as_ref());
-            if t.is_empty() {
-                return None;
-            }
-            let body = since_body(&got);
-            // The same fixed lines as `since` writes.
-            let mut headers = vec![
-                (
-                    name::CONTENT_TYPE.into(),
-                    HeaderValue::from_str(&poll.content_type).ok()?,
-                ),
-                (name::CONTENT_LENGTH.into(), HeaderValue::from(body.len())),
-                (
-                    name::CACHE_CONTROL.into(),
-                    HeaderValue::from_static("no-store"),
-                ),
-                (
-                    name::ETAG.into(),
-                    HeaderValue::from_str(&format!("\"{}\"", got.cursor)).ok()?,
-                ),
-                (
-                    name::POLLGATE_CURSOR.into(),
-                    HeaderValue::from_str(&got.cursor).ok()?,
-                ),
-            ];
-            if got.gap {
-                headers.push((name::POLLGATE_GAP.into(), HeaderValue::from_static("true")));
-            }
-            CacheView {
-                status: 200,
-                headers,
-                body,
-            }
-        }
-    };
-    view.headers.extend(poll.response_headers.iter().cloned());
-    Some(view)
-}
-
-/// See [`cache_view`].
-#[derive(Debug, Clone)]
-pub struct CacheView {
-    pub status: u16,
-    pub headers: Vec<(String, HeaderValue)>,
-    pub body: Bytes,
-}
-
 /// The lines every cache answer may carry after its own.
 fn decorate(a: &mut Answer, ask: &Ask, stale: bool) {
     if stale {
@@ -564,20 +489,6 @@ fn count_since(hub: &Hub, topic: &Topic, got: &Since, held: bool) {
 }
 
 /// A since-mode body: the JSON array of the messages' fragments, serialised once each.
-fn since_body(got: &Since) -> Bytes {
-    let mut body =
-        BytesMut::with_capacity(2 + got.messages.iter().map(|m| m.json.len() + 1).sum::<usize>());
-    body.extend_from_slice(b"[");
-    for (i, msg) in got.messages.iter().enumerate() {
-        if i > 0 {
-            body.extend_from_slice(b",");
-        }
-        body.extend_from_slice(&msg.json);
-    }
-    body.extend_from_slice(b"]");
-    body.freeze()
-}
-
 /// A refusal at a limit: counted, `503` with `Retry-After`.
 fn reject_answer(hub: &Hub, reason: &'static str, message: &str) -> Answer {
     hub.cache.metrics.rejected_polls.inc();
