@@ -63,6 +63,10 @@ pub struct LongpollArgs {
     settle_ms: u64,
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Each client closes its connection as soon as it has its answer (a page or app that goes
+    /// away), instead of keeping it open until every answer is in.
+    #[arg(long)]
+    depart: bool,
 }
 
 enum Outcome {
@@ -218,6 +222,7 @@ pub async fn run(a: LongpollArgs) -> Result<serde_json::Value, String> {
         let expect = marker(&t);
         let (sem, sent, failed, target) =
             (sem.clone(), sent.clone(), failed.clone(), a.target.clone());
+        let depart = a.depart;
         tasks.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await.expect("semaphore open");
             let connected = tokio::time::timeout(Duration::from_secs(10), async {
@@ -253,8 +258,13 @@ pub async fn run(a: LongpollArgs) -> Result<serde_json::Value, String> {
                 Ok(Err(e)) => Outcome::Error(e.to_string()),
                 Err(_) => Outcome::Timeout,
             };
-            // The connection stays open until every answer is in, as a client that polls again
-            // on the same connection would keep it: no closes during the fan-out.
+            // By default the connection stays open until every answer is in, as a client that
+            // polls again on the same connection would keep it: no closes during the fan-out.
+            // A departing client hangs up at once, so the server meets closes mid-fan-out.
+            if depart {
+                drop(conn);
+                return (ti, out, None);
+            }
             (ti, out, Some(conn))
         }));
     }
@@ -385,6 +395,7 @@ pub async fn run(a: LongpollArgs) -> Result<serde_json::Value, String> {
     };
     Ok(json!({
         "clients": a.clients,
+        "depart": a.depart,
         "topics": topics,
         "connected": held_at_publish,
         "connect_errors": connect_errors,

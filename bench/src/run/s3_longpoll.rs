@@ -1,6 +1,7 @@
 //! Scenario 3: long-poll fan-out, pollgate and Nchan.
 
 use super::env::Env;
+use super::measure::ratio;
 use super::nginx;
 use super::plan::Mode;
 use super::pollgate_config::pollgate_config;
@@ -103,7 +104,6 @@ fn s3_inner(env: &Env, report: &mut Report, sec: &mut Section) -> Result<(), Str
     );
     let mut data = serde_json::Map::new();
     let mut all_ok = true;
-    let lp_limit = Duration::from_secs(240);
     // (cores, topics): the two-core target variants first, then the one-core context.
     let variants: Vec<(usize, usize)> = [2, 1]
         .iter()
@@ -117,42 +117,7 @@ fn s3_inner(env: &Env, report: &mut Report, sec: &mut Section) -> Result<(), Str
         )
     };
     for &(cores, topics) in &variants {
-        let mut p = Procs::new(&env.dir);
-        let backend = env.start_backend(&mut p, &[], 3_600_000)?;
-        let config = pollgate_config(&backend.addr, Some("60s"))
-            .replace("threads: 1\n", &format!("threads: {cores}\n"));
-        let cpu = if cores == 1 {
-            env.server_cpu.as_deref()
-        } else {
-            None
-        };
-        let gw = env.start_pollgate_on(&mut p, &config, cpu)?;
-        let args: Vec<String> = vec![
-            "--target".into(),
-            gw.addr.clone(),
-            "--path-template".into(),
-            "/api/prices/{topic}".into(),
-            "--topics".into(),
-            topics.to_string(),
-            "--clients".into(),
-            clients.to_string(),
-            "--topic-prefix".into(),
-            format!("lp{topics}x"),
-            "--publish".into(),
-            backend.addr.clone(),
-            "--seed".into(),
-            "--held-prometheus".into(),
-            gw.admin.clone().unwrap_or_default(),
-            "--pid".into(),
-            gw.pid.to_string(),
-        ];
-        let v = env.client("longpoll", &args, lp_limit);
-        p.stop_all();
-        let v = v?;
-        eprintln!(
-            "  pollgate {topics} topics, {cores} cores: delivered {} p99 {} ms",
-            v["delivered"], v["latency"]["p99_ms"]
-        );
+        let v = run_pollgate(env, cores, topics, false)?;
         let label = label_of("pollgate", cores, topics);
         sec.rows.push(lp_row(&label, &v));
         let delivered = v["delivered"].as_u64().unwrap_or(0);
@@ -199,44 +164,8 @@ fn s3_inner(env: &Env, report: &mut Report, sec: &mut Section) -> Result<(), Str
     if env.mode != Mode::Smoke {
         if env.nginx.is_some() && env.nchan_module.is_some() {
             for &(cores, topics) in &variants {
-                let mut p = Procs::new(&env.dir);
-                let cpu = if cores == 1 {
-                    env.server_cpu.as_deref()
-                } else {
-                    None
-                };
-                let ngx = env.start_nginx_on(&mut p, nginx::NCHAN_BLOCK, true, cores, cpu)?;
-                let mut args: Vec<String> = vec![
-                    "--target".into(),
-                    ngx.addr.clone(),
-                    "--path-template".into(),
-                    "/sub/{topic}".into(),
-                    "--topics".into(),
-                    topics.to_string(),
-                    "--clients".into(),
-                    clients.to_string(),
-                    "--topic-prefix".into(),
-                    format!("lp{topics}x"),
-                    "--publish".into(),
-                    ngx.addr.clone(),
-                    "--publish-path".into(),
-                    "/pub/{topic}".into(),
-                    "--no-etag".into(),
-                    "--held-nchan".into(),
-                    ngx.addr.clone(),
-                ];
-                if let (Some(w), 1) = (ngx.worker, cores) {
-                    args.push("--pid".into());
-                    args.push(w.to_string());
-                }
-                let v = env.client("longpoll", &args, lp_limit);
-                p.stop_all();
-                match v {
+                match run_nchan(env, cores, topics, false) {
                     Ok(v) => {
-                        eprintln!(
-                            "  nchan {topics} topics, {cores} cores: delivered {} p99 {} ms",
-                            v["delivered"], v["latency"]["p99_ms"]
-                        );
                         sec.rows.push(lp_row(&label_of("Nchan", cores, topics), &v));
                         data.insert(format!("nchan_{topics}_{cores}core"), v);
                     }
@@ -250,9 +179,167 @@ fn s3_inner(env: &Env, report: &mut Report, sec: &mut Section) -> Result<(), Str
                 .push("nginx with libnginx-mod-nchan is not installed: no Nchan rows.".into());
         }
     }
+    if env.mode != Mode::Smoke {
+        departing(env, report, sec, &mut data);
+    }
     sec.data = Value::Object(data);
     if !all_ok && env.mode == Mode::Smoke {
         return Err("not every long poll was answered".into());
     }
     Ok(())
+}
+
+/// Clients that hang up as soon as they have their answer (issue 13): 1 topic, pollgate and
+/// Nchan on the same placement, one after the other; the target compares their p99s.
+fn departing(
+    env: &Env,
+    report: &mut Report,
+    sec: &mut Section,
+    data: &mut serde_json::Map<String, Value>,
+) {
+    let nchan = env.nginx.is_some() && env.nchan_module.is_some();
+    for cores in [2, 1] {
+        let pg = run_pollgate(env, cores, 1, true);
+        let ng = if nchan {
+            Some(run_nchan(env, cores, 1, true))
+        } else {
+            None
+        };
+        let suffix = format!(
+            "1 topic, {cores} core{}, clients depart",
+            if cores == 1 { "" } else { "s" }
+        );
+        match &pg {
+            Ok(v) => {
+                sec.rows.push(lp_row(&format!("pollgate, {suffix}"), v));
+                data.insert(format!("pollgate_1_{cores}core_depart"), v.clone());
+            }
+            Err(e) => sec.notes.push(format!("pollgate, {suffix}: {e}")),
+        }
+        match &ng {
+            Some(Ok(v)) => {
+                sec.rows.push(lp_row(&format!("Nchan, {suffix}"), v));
+                data.insert(format!("nchan_1_{cores}core_depart"), v.clone());
+            }
+            Some(Err(e)) => sec.notes.push(format!("Nchan, {suffix}: {e}")),
+            None => {}
+        }
+        if let (Ok(a), Some(Ok(b))) = (&pg, &ng) {
+            let p99 = |v: &Value| v["latency"]["p99_ms"].as_f64().unwrap_or(f64::INFINITY);
+            let all = a["delivered"] == a["clients"] && b["delivered"] == b["clients"];
+            let q = ratio(p99(a), p99(b));
+            report.target(
+                "3",
+                &format!("p99 pollgate / Nchan, {suffix} (all delivered: {all})"),
+                "<= 1.0 (issue 13)",
+                format!("{q:.2} ({:.1} vs {:.1} ms)", p99(a), p99(b)),
+                Some(q),
+                Some(all && q <= 1.0),
+            );
+        }
+    }
+    sec.notes.push(
+        "\"clients depart\": each client closes its connection as soon as it has its answer (a page \
+         or app that goes away; `longpoll --depart`), so the server meets hang-ups while answers are \
+         still due. 1 topic, so every answer is due at once on both servers."
+            .to_string(),
+    );
+}
+
+const LP_LIMIT: Duration = Duration::from_secs(240);
+
+/// One pollgate fan-out: its own sample backend and gateway, `threads: cores` (pinned to the
+/// server CPU on one core).
+fn run_pollgate(env: &Env, cores: usize, topics: usize, depart: bool) -> Result<Value, String> {
+    let clients = env.plan.lp_clients;
+    let mut p = Procs::new(&env.dir);
+    let backend = env.start_backend(&mut p, &[], 3_600_000)?;
+    let config = pollgate_config(&backend.addr, Some("60s"))
+        .replace("threads: 1\n", &format!("threads: {cores}\n"));
+    let cpu = if cores == 1 {
+        env.server_cpu.as_deref()
+    } else {
+        None
+    };
+    let gw = env.start_pollgate_on(&mut p, &config, cpu)?;
+    let mut args: Vec<String> = vec![
+        "--target".into(),
+        gw.addr.clone(),
+        "--path-template".into(),
+        "/api/prices/{topic}".into(),
+        "--topics".into(),
+        topics.to_string(),
+        "--clients".into(),
+        clients.to_string(),
+        "--topic-prefix".into(),
+        format!("lp{topics}x"),
+        "--publish".into(),
+        backend.addr.clone(),
+        "--seed".into(),
+        "--held-prometheus".into(),
+        gw.admin.clone().unwrap_or_default(),
+        "--pid".into(),
+        gw.pid.to_string(),
+    ];
+    if depart {
+        args.push("--depart".into());
+    }
+    let v = env.client("longpoll", &args, LP_LIMIT);
+    p.stop_all();
+    let v = v?;
+    eprintln!(
+        "  pollgate {topics} topics, {cores} cores{}: delivered {} p99 {} ms",
+        if depart { ", clients depart" } else { "" },
+        v["delivered"],
+        v["latency"]["p99_ms"]
+    );
+    Ok(v)
+}
+
+/// One Nchan fan-out: nginx with the Nchan module, `worker_processes cores`.
+fn run_nchan(env: &Env, cores: usize, topics: usize, depart: bool) -> Result<Value, String> {
+    let clients = env.plan.lp_clients;
+    let mut p = Procs::new(&env.dir);
+    let cpu = if cores == 1 {
+        env.server_cpu.as_deref()
+    } else {
+        None
+    };
+    let ngx = env.start_nginx_on(&mut p, nginx::NCHAN_BLOCK, true, cores, cpu)?;
+    let mut args: Vec<String> = vec![
+        "--target".into(),
+        ngx.addr.clone(),
+        "--path-template".into(),
+        "/sub/{topic}".into(),
+        "--topics".into(),
+        topics.to_string(),
+        "--clients".into(),
+        clients.to_string(),
+        "--topic-prefix".into(),
+        format!("lp{topics}x"),
+        "--publish".into(),
+        ngx.addr.clone(),
+        "--publish-path".into(),
+        "/pub/{topic}".into(),
+        "--no-etag".into(),
+        "--held-nchan".into(),
+        ngx.addr.clone(),
+    ];
+    if let (Some(w), 1) = (ngx.worker, cores) {
+        args.push("--pid".into());
+        args.push(w.to_string());
+    }
+    if depart {
+        args.push("--depart".into());
+    }
+    let v = env.client("longpoll", &args, LP_LIMIT);
+    p.stop_all();
+    let v = v?;
+    eprintln!(
+        "  nchan {topics} topics, {cores} cores{}: delivered {} p99 {} ms",
+        if depart { ", clients depart" } else { "" },
+        v["delivered"],
+        v["latency"]["p99_ms"]
+    );
+    Ok(v)
 }
