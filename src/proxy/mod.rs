@@ -33,6 +33,7 @@ pub mod response;
 pub mod router;
 pub mod session;
 pub mod shadow;
+pub mod slots;
 pub mod state;
 pub mod upstream;
 pub mod wire;

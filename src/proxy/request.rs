@@ -18,27 +18,8 @@ pub const MAX_HEADERS: usize = 128;
 /// poll's memory, so a larger head pays a heap vector sized to its lines instead.
 const INLINE_HEADERS: usize = 16;
 
-/// Room for a head's header lines: a few inline (a held poll keeps them for its whole wait,
-/// so they count in its memory), more on the heap only for the rare larger head.
-pub struct Slots<'b> {
-    inline: [httparse::Header<'b>; INLINE_HEADERS],
-    heap: Vec<httparse::Header<'b>>,
-}
-
-impl Slots<'_> {
-    pub fn new() -> Self {
-        Slots {
-            inline: [httparse::EMPTY_HEADER; INLINE_HEADERS],
-            heap: Vec::new(),
-        }
-    }
-}
-
-impl Default for Slots<'_> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// Room for a request head's header lines (see [`super::slots`]).
+pub type Slots<'b> = super::slots::Slots<'b, INLINE_HEADERS>;
 
 const TOO_MANY: Refusal = refuse(431, "too many request headers");
 /// `Connection` options accepted (pingora's proxy refuses ten or more).
@@ -176,17 +157,12 @@ pub enum Parsed<'b> {
 
 /// Parses and validates the request head at the start of `buf`.
 pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>, limits: &Limits) -> Parsed<'b> {
-    let Slots { inline, heap } = slots;
-    match parse_in(buf, inline, limits) {
-        Parsed::Invalid(r) if r == TOO_MANY => {
-            // Every header line ends in a line feed: their count (plus a partial last line)
-            // bounds the slots needed; past MAX_HEADERS it is a 431 anyway.
-            let lines = buf.iter().filter(|&&b| b == b'\n').count() + 1;
-            heap.resize(lines.min(MAX_HEADERS), httparse::EMPTY_HEADER);
-            parse_in(buf, heap, limits)
-        }
-        parsed => parsed,
-    }
+    slots.parse(
+        buf,
+        MAX_HEADERS,
+        |headers| parse_in(buf, headers, limits),
+        |parsed| matches!(parsed, Parsed::Invalid(r) if *r == TOO_MANY),
+    )
 }
 
 fn parse_in<'b>(

@@ -42,29 +42,11 @@ pub struct Head {
     pub transfer_encoding: bool,
 }
 
-/// Room for an answer's header lines: most answers fit the inline slots; a larger head is
-/// parsed again with [`MAX_HEADERS`] on the heap.
-pub struct Slots<'b> {
-    inline: [httparse::Header<'b>; INLINE_HEADERS],
-    heap: Vec<httparse::Header<'b>>,
-}
+/// Room for an answer's header lines (see [`super::slots`]): most answers fit the inline
+/// slots.
+pub type Slots<'b> = super::slots::Slots<'b, INLINE_HEADERS>;
 
 const INLINE_HEADERS: usize = 32;
-
-impl Slots<'_> {
-    pub fn new() -> Self {
-        Slots {
-            inline: [httparse::EMPTY_HEADER; INLINE_HEADERS],
-            heap: Vec::new(),
-        }
-    }
-}
-
-impl Default for Slots<'_> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 /// An answer head as parsed: what the relay writes from.
 pub struct Lines<'b> {
@@ -92,14 +74,12 @@ pub fn head<'b>(
     slots: &'b mut Slots<'b>,
     head_only: bool,
 ) -> Result<Option<(Head, Lines<'b>)>, Failure> {
-    let Slots { inline, heap } = slots;
-    let parsed = match parse_in(buf, inline) {
-        Err(httparse::Error::TooManyHeaders) => {
-            heap.resize(MAX_HEADERS, httparse::EMPTY_HEADER);
-            parse_in(buf, heap)
-        }
-        parsed => parsed,
-    };
+    let parsed = slots.parse(
+        buf,
+        MAX_HEADERS,
+        |headers| parse_in(buf, headers),
+        |parsed| matches!(parsed, Err(httparse::Error::TooManyHeaders)),
+    );
     let Some((len, resp)) = parsed.map_err(|_| Failure::Protocol)? else {
         return Ok(None);
     };
