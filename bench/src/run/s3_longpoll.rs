@@ -248,98 +248,129 @@ fn departing(
 
 const LP_LIMIT: Duration = Duration::from_secs(240);
 
-/// One pollgate fan-out: its own sample backend and gateway, `threads: cores` (pinned to the
-/// server CPU on one core).
+/// One pollgate fan-out: its own sample backend and gateway, `threads: cores`.
 fn run_pollgate(env: &Env, cores: usize, topics: usize, depart: bool) -> Result<Value, String> {
-    let clients = env.plan.lp_clients;
     let mut p = Procs::new(&env.dir);
     let backend = env.start_backend(&mut p, &[], 3_600_000)?;
     let config = pollgate_config(&backend.addr, Some("60s"))
         .replace("threads: 1\n", &format!("threads: {cores}\n"));
-    let cpu = if cores == 1 {
-        env.server_cpu.as_deref()
-    } else {
-        None
-    };
-    let gw = env.start_pollgate_on(&mut p, &config, cpu)?;
-    let mut args: Vec<String> = vec![
-        "--target".into(),
-        gw.addr.clone(),
-        "--path-template".into(),
-        "/api/prices/{topic}".into(),
-        "--topics".into(),
-        topics.to_string(),
-        "--clients".into(),
-        clients.to_string(),
-        "--topic-prefix".into(),
-        format!("lp{topics}x"),
-        "--publish".into(),
-        backend.addr.clone(),
-        "--seed".into(),
+    let gw = env.start_pollgate_on(&mut p, &config, placement(env, cores))?;
+    let extra = [
+        "--seed".to_string(),
         "--held-prometheus".into(),
         gw.admin.clone().unwrap_or_default(),
         "--pid".into(),
         gw.pid.to_string(),
     ];
-    if depart {
-        args.push("--depart".into());
-    }
-    let v = env.client("longpoll", &args, LP_LIMIT);
-    p.stop_all();
-    let v = v?;
-    eprintln!(
-        "  pollgate {topics} topics, {cores} cores{}: delivered {} p99 {} ms",
-        if depart { ", clients depart" } else { "" },
-        v["delivered"],
-        v["latency"]["p99_ms"]
-    );
-    Ok(v)
+    let run = Run {
+        who: "pollgate",
+        cores,
+        topics,
+        depart,
+    };
+    run.longpoll(
+        env,
+        p,
+        &gw.addr,
+        "/api/prices/{topic}",
+        &backend.addr,
+        &extra,
+    )
 }
 
 /// One Nchan fan-out: nginx with the Nchan module, `worker_processes cores`.
 fn run_nchan(env: &Env, cores: usize, topics: usize, depart: bool) -> Result<Value, String> {
-    let clients = env.plan.lp_clients;
     let mut p = Procs::new(&env.dir);
-    let cpu = if cores == 1 {
-        env.server_cpu.as_deref()
-    } else {
-        None
-    };
-    let ngx = env.start_nginx_on(&mut p, nginx::NCHAN_BLOCK, true, cores, cpu)?;
-    let mut args: Vec<String> = vec![
-        "--target".into(),
-        ngx.addr.clone(),
-        "--path-template".into(),
-        "/sub/{topic}".into(),
-        "--topics".into(),
-        topics.to_string(),
-        "--clients".into(),
-        clients.to_string(),
-        "--topic-prefix".into(),
-        format!("lp{topics}x"),
-        "--publish".into(),
-        ngx.addr.clone(),
-        "--publish-path".into(),
+    let ngx = env.start_nginx_on(
+        &mut p,
+        nginx::NCHAN_BLOCK,
+        true,
+        cores,
+        placement(env, cores),
+    )?;
+    let mut extra = vec![
+        "--publish-path".to_string(),
         "/pub/{topic}".into(),
         "--no-etag".into(),
         "--held-nchan".into(),
         ngx.addr.clone(),
     ];
     if let (Some(w), 1) = (ngx.worker, cores) {
-        args.push("--pid".into());
-        args.push(w.to_string());
+        extra.push("--pid".into());
+        extra.push(w.to_string());
     }
-    if depart {
-        args.push("--depart".into());
+    let run = Run {
+        who: "nchan",
+        cores,
+        topics,
+        depart,
+    };
+    run.longpoll(env, p, &ngx.addr, "/sub/{topic}", &ngx.addr, &extra)
+}
+
+/// The server CPU a variant pins its server to: one core pinned, two cores unpinned.
+fn placement(env: &Env, cores: usize) -> Option<&str> {
+    if cores == 1 {
+        env.server_cpu.as_deref()
+    } else {
+        None
     }
-    let v = env.client("longpoll", &args, LP_LIMIT);
-    p.stop_all();
-    let v = v?;
-    eprintln!(
-        "  nchan {topics} topics, {cores} cores{}: delivered {} p99 {} ms",
-        if depart { ", clients depart" } else { "" },
-        v["delivered"],
-        v["latency"]["p99_ms"]
-    );
-    Ok(v)
+}
+
+/// One fan-out variant, for the `longpoll` client's arguments and the progress line.
+struct Run {
+    who: &'static str,
+    cores: usize,
+    topics: usize,
+    depart: bool,
+}
+
+impl Run {
+    /// Runs the `longpoll` client against a started server (`target`, polled at `path`,
+    /// published to at `publish`) with the server's own `extra` arguments, then stops every
+    /// process of `p`.
+    fn longpoll(
+        &self,
+        env: &Env,
+        mut p: Procs,
+        target: &str,
+        path: &str,
+        publish: &str,
+        extra: &[String],
+    ) -> Result<Value, String> {
+        let Run {
+            who,
+            cores,
+            topics,
+            depart,
+        } = *self;
+        let mut args: Vec<String> = vec![
+            "--target".into(),
+            target.into(),
+            "--path-template".into(),
+            path.into(),
+            "--topics".into(),
+            topics.to_string(),
+            "--clients".into(),
+            env.plan.lp_clients.to_string(),
+            "--topic-prefix".into(),
+            format!("lp{topics}x"),
+            "--publish".into(),
+            publish.into(),
+        ];
+        args.extend_from_slice(extra);
+        if depart {
+            args.push("--depart".into());
+        }
+        let v = env.client("longpoll", &args, LP_LIMIT);
+        p.stop_all();
+        let v = v?;
+        eprintln!(
+            "  {who} {topics} topics, {cores} cores{}: delivered {} p99 {} ms",
+            if depart { ", clients depart" } else { "" },
+            v["delivered"],
+            v["latency"]["p99_ms"]
+        );
+        Ok(v)
+    }
 }
