@@ -130,30 +130,10 @@ fn a_bad_or_shared_address_is_refused_before_anything_starts() {
 /// and other HTTP/1.0 clients that read to the close can measure it directly too.
 #[test]
 fn the_sample_backend_closes_after_an_http10_answer_unless_asked_to_keep_alive() {
-    use std::io::{BufRead, Read, Write};
-    let mut child = Command::new(BIN)
-        .args([
-            "sample-backend",
-            "--listen",
-            "127.0.0.1:0",
-            "--topics",
-            "btc",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut announced = String::new();
-    lines.read_line(&mut announced).unwrap();
-    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
-    let addr = announced
-        .trim()
-        .strip_prefix("sample backend listening on ")
-        .unwrap_or_else(|| panic!("no address in {announced:?}"))
-        .to_string();
+    use std::io::{Read, Write};
+    let (mut child, addr) = common::spawn_sample_backend(&["--topics", "btc"]);
     let exchange = |request: &str| -> String {
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.write_all(request.as_bytes()).unwrap();
         let mut got = Vec::new();

@@ -2,8 +2,8 @@
 //! directory, stop timeout, limits and hardening agree with pollgate.yaml, and the reload script
 //! upgrades a running `pollgate -d` in place without refusing a request.
 
-use std::io::{BufRead, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::deploy::{as_u64, at, root, yaml};
-use common::{repo_file, scratch_dir, status_of, BIN};
+use common::{repo_file, scratch_dir, spawn_sample_backend, status_of, BIN};
 
 fn unit_key<'a>(unit: &'a str, key: &str) -> Option<&'a str> {
     unit.lines()
@@ -142,31 +142,8 @@ fn reload_script_upgrades_without_refusing_a_request() {
         pids: Vec::new(),
     };
     // Every port is picked by the kernel and learnt from the process that holds it.
-    let mut sample = Command::new(BIN)
-        .args([
-            "sample-backend",
-            "--listen",
-            "127.0.0.1:0",
-            "--topics",
-            "btc",
-            "--period-ms",
-            "100",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut announced = String::new();
-    let mut lines = std::io::BufReader::new(sample.stderr.take().unwrap());
-    lines.read_line(&mut announced).unwrap();
-    // Keep draining, so a later log line from the backend never meets a closed pipe.
-    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
+    let (sample, backend) = spawn_sample_backend(&["--topics", "btc", "--period-ms", "100"]);
     reap.children.push(sample);
-    let backend: SocketAddr = announced
-        .trim()
-        .strip_prefix("sample backend listening on ")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in the sample backend's line: {announced:?}"));
 
     // The systemd config with this test's paths, on ports the kernel picks.
     let conf_with = |listen: &str, admin: &str| {

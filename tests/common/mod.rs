@@ -24,6 +24,30 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pollgate");
 
+/// Starts `pollgate sample-backend` on a port the kernel picks, with `args` added, and returns
+/// it with the address it announced. Its stderr keeps being drained, so a later log line never
+/// meets a closed pipe. The caller kills the child.
+pub fn spawn_sample_backend(args: &[&str]) -> (Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args(["sample-backend", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut announced = String::new();
+    lines.read_line(&mut announced).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
+    let addr = announced
+        .trim()
+        .strip_prefix("sample backend listening on ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in the sample backend's line: {announced:?}"));
+    (child, addr)
+}
+
 /// A loopback port nothing listens on once this returns (bound, then released): for a peer
 /// that must refuse connections, such as a dead upstream. Never for the gateway's own
 /// listeners, which the gateway picks itself (port 0) and reports.
