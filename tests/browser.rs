@@ -9,7 +9,7 @@ mod common;
 
 use common::chromium::{chromium_or_skip, Cdp, Chromium, Seen};
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -83,24 +83,6 @@ async fn browser(bin: &std::path::Path) -> Browser {
     Browser {
         cdp,
         _chromium: chromium,
-    }
-}
-
-/// Evaluates `expr` every 50 ms until `pred` holds or `limit` passes; returns the last value
-/// either way, so the caller's assertions can print what the page saw.
-async fn settle(
-    cdp: &mut Cdp,
-    limit: Duration,
-    expr: &str,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let v = cdp.eval(expr).await;
-        if pred(&v) || Instant::now() > deadline {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -214,10 +196,11 @@ async fn a_plain_fetch_loop_is_never_held_but_prefer_wait_is() {
     let state = "({ ticks: window.__ticks, other: window.__other, now: performance.now(), \
                  pending: window.__started.filter(s => !window.__ticks.some(t => t.i === s.i))\
                  .map(s => ({ i: s.i, waiting_ms: performance.now() - s.t0 })) })";
-    let seen = settle(cdp, Duration::from_secs(TICKS as u64 + 5), state, |v| {
-        v["ticks"].as_array().is_some_and(|t| t.len() == TICKS) && !v["other"].is_null()
-    })
-    .await;
+    let seen = cdp
+        .settle(Duration::from_secs(TICKS as u64 + 5), state, |v| {
+            v["ticks"].as_array().is_some_and(|t| t.len() == TICKS) && !v["other"].is_null()
+        })
+        .await;
     let network = describe(&cdp.seen(&poll_url));
     let what = format!("the page saw {seen:#}\nnetwork:\n{network}");
     let ticks = seen["ticks"].as_array().cloned().unwrap_or_default();
@@ -296,12 +279,13 @@ async fn a_plain_fetch_loop_is_never_held_but_prefer_wait_is() {
     let fresh = r#"{"price":2}"#;
     up.publish(QUIET, fresh);
     let published = Instant::now();
-    let lp = settle(cdp, Duration::from_secs(15), "window.__lp", |v| {
-        v.as_array()
-            .and_then(|a| a.last())
-            .is_some_and(|l| l["body"] == fresh)
-    })
-    .await;
+    let lp = cdp
+        .settle(Duration::from_secs(15), "window.__lp", |v| {
+            v.as_array()
+                .and_then(|a| a.last())
+                .is_some_and(|l| l["body"] == fresh)
+        })
+        .await;
     let delivered = published.elapsed();
     let what = format!(
         "the page saw {lp:#}\nnetwork:\n{}",
@@ -347,10 +331,9 @@ async fn a_reloaded_cursor_poll_shows_the_whole_history_at_once() {
                reloaded: window.__before_reload !== true, state: document.readyState, \
                nav: performance.getEntriesByType('navigation').map(n => ({ \
                  ms: n.responseEnd - n.requestStart, type: n.type }))[0] })";
-    let first = settle(cdp, Duration::from_secs(5), doc, |v| {
-        v["text"] == r#"[{"n":1}]"#
-    })
-    .await;
+    let first = cdp
+        .settle(Duration::from_secs(5), doc, |v| v["text"] == r#"[{"n":1}]"#)
+        .await;
     let what = format!(
         "the tab showed {first:#}\nnetwork:\n{}",
         describe(&cdp.seen(&url))
@@ -375,10 +358,11 @@ async fn a_reloaded_cursor_poll_shows_the_whole_history_at_once() {
     let reloaded_at = Instant::now();
     cdp.call("Page.reload", json!({})).await;
     let all = r#"[{"n":1},{"n":2},{"n":3}]"#;
-    let after = settle(cdp, Duration::from_secs(10), doc, |v| {
-        v["reloaded"] == true && v["state"] == "complete" && v["text"] == all
-    })
-    .await;
+    let after = cdp
+        .settle(Duration::from_secs(10), doc, |v| {
+            v["reloaded"] == true && v["state"] == "complete" && v["text"] == all
+        })
+        .await;
     let took = reloaded_at.elapsed();
     let reload_requests = cdp.seen(&url).split_off(requests_before);
     let what = format!(
@@ -480,10 +464,11 @@ async fn another_origin_long_polls_across_cors_and_a_stranger_gets_nothing() {
         }
         up.publish(ETH, &format!(r#"{{"eth":{k}}}"#));
     }
-    let seen = settle(cdp, Duration::from_secs(10), state, |v| {
-        v["got"].as_array().is_some_and(|g| g.len() == UPDATES + 1)
-    })
-    .await;
+    let seen = cdp
+        .settle(Duration::from_secs(10), state, |v| {
+            v["got"].as_array().is_some_and(|g| g.len() == UPDATES + 1)
+        })
+        .await;
     let requests = cdp.seen(&poll_url);
     let what = format!(
         "the page on {app_origin} saw {seen:#}\nnetwork:\n{}",
@@ -568,10 +553,11 @@ async fn another_origin_long_polls_across_cors_and_a_stranger_gets_nothing() {
         serde_json::to_string(&poll_url).unwrap()
     );
     assert_eq!(cdp.eval(&attempts).await, true);
-    let tries = settle(cdp, Duration::from_secs(10), "window.__tries", |v| {
-        v.as_array().is_some_and(|a| a.len() == 3)
-    })
-    .await;
+    let tries = cdp
+        .settle(Duration::from_secs(10), "window.__tries", |v| {
+            v.as_array().is_some_and(|a| a.len() == 3)
+        })
+        .await;
     let stranger_requests = cdp.seen(&poll_url).split_off(requests_before);
     let answers_after = cache_answers(&gw, "prices").await;
     let what = format!(

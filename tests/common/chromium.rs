@@ -249,11 +249,10 @@ impl Cdp {
         r["result"]["value"].clone()
     }
 
-    /// Evaluates `expr` every 50 ms until `pred` holds on its value, for at most `limit`;
-    /// returns that value. On timeout it panics with the last value and the page's text.
-    pub async fn wait_for(
+    /// Evaluates `expr` every 50 ms until `pred` holds on its value or `limit` passes; returns
+    /// the last value either way, so the caller's assertions can print what the page saw.
+    pub async fn settle(
         &mut self,
-        what: &str,
         limit: Duration,
         expr: &str,
         pred: impl Fn(&Value) -> bool,
@@ -261,20 +260,32 @@ impl Cdp {
         let deadline = Instant::now() + limit;
         loop {
             let v = self.eval(expr).await;
-            if pred(&v) {
+            if pred(&v) || Instant::now() > deadline {
                 return v;
-            }
-            if Instant::now() > deadline {
-                let body = self
-                    .eval("document.body ? document.body.innerText : '(no body)'")
-                    .await;
-                panic!(
-                    "the page never showed {what} within {limit:?}; last value {v}\n\
-                     page text:\n{body}"
-                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// [`Cdp::settle`], and on timeout a panic with the last value and the page's text.
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        expr: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let v = self.settle(limit, expr, &pred).await;
+        if !pred(&v) {
+            let body = self
+                .eval("document.body ? document.body.innerText : '(no body)'")
+                .await;
+            panic!(
+                "the page never showed {what} within {limit:?}; last value {v}\n\
+                 page text:\n{body}"
+            );
+        }
+        v
     }
 
     /// Navigates to `url` and waits (bounded) until that document has loaded.
