@@ -83,8 +83,9 @@ impl ConnectionApp {
             let ip = peer.as_ref().and_then(|a| a.as_inet()).map(|a| a.ip());
             (ip, peer.map(|a| a.to_string()))
         };
-        // Once per connection: every forwarded request's `X-Forwarded-For` carries it.
-        let ip_text = ip.map(|ip| ip.to_string());
+        // Built at the connection's first forward and kept for the next ones: every forwarded
+        // request's `X-Forwarded-For` carries it, a poll never needs it.
+        let mut ip_text: Option<String> = None;
         let mut first = Some(accepted);
         loop {
             let limits = self.state.limits();
@@ -115,7 +116,7 @@ impl ConnectionApp {
                                 out: &mut out,
                                 pipelined: &mut pipelined,
                                 ip,
-                                ip_text: ip_text.as_deref(),
+                                ip_text: &mut ip_text,
                                 client: &client,
                                 draining: *shutdown.borrow(),
                             };
@@ -275,7 +276,9 @@ impl ConnectionApp {
             io: c.io,
             out: c.out,
             pipelined: c.pipelined,
-            ip: c.ip_text,
+            ip: c
+                .ip
+                .map(|ip| c.ip_text.get_or_insert_with(|| ip.to_string()).as_str()),
             keep_alive,
             cors: origin,
         };
@@ -425,7 +428,8 @@ struct Conn<'a> {
     out: &'a mut Vec<u8>,
     pipelined: &'a mut BytesMut,
     ip: Option<IpAddr>,
-    ip_text: Option<&'a str>,
+    /// `ip` as text, once a forward has needed it.
+    ip_text: &'a mut Option<String>,
     client: &'a Option<String>,
     draining: bool,
 }
