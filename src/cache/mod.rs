@@ -1,9 +1,11 @@
 //! The topic cache: per route, a map of topics, each a ring of recent messages with a change
 //! signal (`topic.rs`), and the process-wide limits and shutdown signal they share (`Store`).
 
+mod due;
 mod message;
 mod topic;
 
+pub use due::{AnswersDue, Ticket, SETTLE_LIMIT};
 pub use message::{
     etag_for, json_fragment, latest_heads, pointer_cursor, HeadTemplate, Heads, Message,
 };
@@ -40,6 +42,7 @@ struct StoreInner {
     held: AtomicUsize,
     max_held: AtomicUsize,
     shutdown: watch::Sender<bool>,
+    due: Arc<AnswersDue>,
 }
 
 impl Store {
@@ -52,6 +55,7 @@ impl Store {
                 held: AtomicUsize::new(0),
                 max_held: AtomicUsize::new(max_held),
                 shutdown: watch::channel(false).0,
+                due: Arc::default(),
             }),
         }
     }
@@ -81,6 +85,11 @@ impl Store {
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.inner.shutdown.subscribe()
+    }
+
+    /// Held polls woken by a publish and not yet answered (see `due.rs`).
+    pub fn answers_due(&self) -> &AnswersDue {
+        &self.inner.due
     }
 
     pub fn shutting_down(&self) -> bool {
@@ -115,10 +124,22 @@ pub struct RouteCache {
 pub struct HoldGuard {
     route: Arc<RouteCache>,
     topic: Arc<Topic>,
+    /// From `Topic::hold_began`: whether a publish has counted this poll as an answer due.
+    began: u64,
+}
+
+impl HoldGuard {
+    /// The poll woke but keeps waiting (the change was not news to it): it is no longer an
+    /// answer due, and the next publish counts it again.
+    pub fn rearm(&mut self) {
+        self.topic.hold_ended(self.began);
+        self.began = self.topic.hold_began();
+    }
 }
 
 impl Drop for HoldGuard {
     fn drop(&mut self) {
+        self.topic.hold_ended(self.began);
         self.route.held.fetch_sub(1, Ordering::AcqRel);
         self.route.store.release_hold();
         self.route.metrics.held.dec();
@@ -168,7 +189,12 @@ impl RouteCache {
             .entry(topic.into())
             .or_insert_with(|| {
                 created = true;
-                Arc::new(Topic::new(topic, capacity, self.store.now_ms()))
+                Arc::new(Topic::new(
+                    topic,
+                    capacity,
+                    self.store.now_ms(),
+                    self.store.inner.due.clone(),
+                ))
             })
             .value()
             .clone();
@@ -218,6 +244,7 @@ impl RouteCache {
         Some(HoldGuard {
             route: self.clone(),
             topic: topic.clone(),
+            began: topic.hold_began(),
         })
     }
 }

@@ -5,6 +5,7 @@
 //! change signal is a `tokio::sync::watch`: a waiter subscribes *before* it reads the ring, so a
 //! message published between its read and its wait still wakes it.
 
+use super::due::AnswersDue;
 use super::message::Message;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -32,6 +33,9 @@ struct Inner {
     state: SubState,
     /// The next message follows an interruption.
     pending_gap: bool,
+    /// Held polls that began to wait since the last publish: the next publish counts them in
+    /// the ledger of answers due.
+    uncounted: usize,
 }
 
 /// A cached topic. Shared as `Arc<Topic>` by the store, the subscription and held polls.
@@ -42,6 +46,8 @@ pub struct Topic {
     capacity: usize,
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
+    /// Where a publish records the held polls it wakes.
+    due: Arc<AnswersDue>,
     /// Milliseconds since the store's epoch of the last poll: read by the idle sweeper.
     pub last_poll_ms: AtomicU64,
     pub saved: AtomicU64,
@@ -61,7 +67,7 @@ pub struct Since {
 }
 
 impl Topic {
-    pub fn new(name: &str, capacity: usize, now_ms: u64) -> Topic {
+    pub fn new(name: &str, capacity: usize, now_ms: u64, due: Arc<AnswersDue>) -> Topic {
         // Sequence numbers start at wall-clock microseconds, so a cursor issued by an earlier
         // process (or another replica) is recognised as foreign instead of silently matching.
         let base_seq = SystemTime::now()
@@ -78,8 +84,10 @@ impl Topic {
                 next_seq: base_seq + 1,
                 state: SubState::Connecting,
                 pending_gap: false,
+                uncounted: 0,
             }),
             changed,
+            due,
             last_poll_ms: AtomicU64::new(now_ms),
             saved: AtomicU64::new(0),
             held: AtomicU64::new(0),
@@ -117,12 +125,40 @@ impl Topic {
         self.changed.send_modify(|_| {});
     }
 
+    /// A held poll begins to wait: the next publish counts it as an answer due. Returns what
+    /// [`Self::hold_ended`] needs to know whether a publish did.
+    pub fn hold_began(&self) -> u64 {
+        let mut g = self.inner.lock();
+        g.uncounted += 1;
+        g.next_seq
+    }
+
+    /// A held poll's wait is over (answered, timed out, or its client left): it leaves the
+    /// ledger of answers due if a publish counted it, or the uncounted waiters if none did.
+    pub fn hold_ended(&self, began: u64) {
+        let counted = {
+            let mut g = self.inner.lock();
+            let counted = g.next_seq > began;
+            if !counted {
+                g.uncounted -= 1;
+            }
+            counted
+        };
+        if counted {
+            self.due.done();
+        }
+    }
+
     /// Appends a message and wakes every waiter of this topic at once.
     pub fn publish(&self, build: impl FnOnce(u64, bool) -> Message) -> Arc<Message> {
         let msg;
         let seq;
+        let woken;
         {
             let mut g = self.inner.lock();
+            // Counted under the lock that orders publishes and `hold_began`: each held poll is
+            // counted by exactly the first publish after it began to wait.
+            woken = std::mem::take(&mut g.uncounted);
             seq = g.next_seq;
             g.next_seq += 1;
             let gap = std::mem::take(&mut g.pending_gap);
@@ -132,6 +168,8 @@ impl Topic {
             }
             g.ring.push_back(msg.clone());
         }
+        // Recorded before the waiters wake, so none can leave the ledger before it is counted.
+        self.due.add(woken);
         self.changed.send_replace(seq);
         msg
     }
@@ -266,7 +304,7 @@ mod tests {
 
     #[test]
     fn since_returns_everything_after_the_cursor() {
-        let t = Topic::new("t", 4, 0);
+        let t = Topic::new("t", 4, 0, Default::default());
         let base = t.base_seq;
         for _ in 0..3 {
             t.publish(msg);
@@ -288,7 +326,7 @@ mod tests {
 
     #[test]
     fn cursor_out_of_history_is_a_gap() {
-        let t = Topic::new("t", 2, 0);
+        let t = Topic::new("t", 2, 0, Default::default());
         let base = t.base_seq;
         for _ in 0..5 {
             t.publish(msg);
@@ -306,7 +344,7 @@ mod tests {
 
     #[test]
     fn reconnect_marks_the_next_message_as_a_gap() {
-        let t = Topic::new("t", 8, 0);
+        let t = Topic::new("t", 8, 0, Default::default());
         t.set_state(SubState::Live);
         t.publish(msg);
         let c = t.since(None).cursor;
@@ -320,14 +358,14 @@ mod tests {
 
     #[test]
     fn first_failure_is_failed_not_down() {
-        let t = Topic::new("t", 1, 0);
+        let t = Topic::new("t", 1, 0, Default::default());
         t.set_state(SubState::Down(Instant::now()));
         assert_eq!(t.state(), SubState::Failed);
     }
 
     #[tokio::test]
     async fn watchers_subscribed_before_reading_see_later_publishes() {
-        let t = Arc::new(Topic::new("t", 1, 0));
+        let t = Arc::new(Topic::new("t", 1, 0, Default::default()));
         let mut rx = t.watch();
         assert!(t.latest().is_none());
         let t2 = t.clone();

@@ -3,7 +3,7 @@
 //! connections, [`super::session`] through a pingora session. Neither writer decides anything:
 //! status, headers (names in the casing they go out in) and body are all here.
 
-use crate::cache::{HeadTemplate, Message};
+use crate::cache::{HeadTemplate, Message, Ticket};
 use bytes::Bytes;
 use http::HeaderValue;
 use std::sync::Arc;
@@ -42,6 +42,9 @@ pub struct Answer {
     /// Close the connection after this answer (a refused request whose body was not read, or
     /// the server is shutting down).
     pub close: bool,
+    /// A held poll's answer to a publish: its connection reads the next request only after
+    /// the other answers due with it have gone out (see `cache/due.rs`).
+    pub fanout: Option<Ticket>,
 }
 
 /// Which of a cached message's templates an answer starts with.
@@ -62,6 +65,7 @@ impl Answer {
             date: None,
             body: Bytes::new(),
             close: false,
+            fanout: None,
         }
     }
 
@@ -84,6 +88,7 @@ impl Answer {
             headers: Vec::with_capacity(4),
             body,
             close: false,
+            fanout: None,
         }
     }
 

@@ -72,7 +72,7 @@ impl ConnectionApp {
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
         // Counted from the accept: idle keep-alive connections and tunnels included.
-        let Some(_slot) = limits::try_take(&self.state.connections, limits.max_connections) else {
+        let Some(slot) = limits::try_take(&self.state.connections, limits.max_connections) else {
             self.refuse(&mut io, &mut buf, &mut out, &mut drain, accepted)
                 .await;
             return;
@@ -127,6 +127,14 @@ impl ConnectionApp {
                 match read_more(&mut io, &mut buf, deadline, &limits, &mut drain).await {
                     More::Read => {}
                     More::Done => return,
+                    More::Gone => {
+                        // The client hung up. Its socket is closed once the answers other
+                        // clients are due have been written (see `cache/due.rs`); its slot is
+                        // free at once.
+                        drop(slot);
+                        self.state.store.answers_due().settled().await;
+                        return;
+                    }
                     More::TimedOut => {
                         if !buf.is_empty() {
                             let a = Answer::error(
@@ -237,6 +245,14 @@ impl ConnectionApp {
                     .is_ok();
                 self.finish(c, head, entry, kind, a.status, start, "");
                 if ok && keep_alive && !a.close {
+                    if let Some(t) = a.fanout {
+                        // The buffer goes back to the allocator for the next answer of the
+                        // fan-out, rather than staying with a connection that may now idle.
+                        *c.out = Vec::new();
+                        // Whatever this client does next (hang up, poll again) waits until the
+                        // answers due with this one have gone out (see `cache/due.rs`).
+                        self.state.store.answers_due().after(t).await;
+                    }
                     Served::KeepAlive
                 } else {
                     Served::Close
@@ -453,7 +469,9 @@ impl ServerApp for ConnectionApp {
 /// Why reading more of a head stopped.
 enum More {
     Read,
-    /// Closed, idle past `keepalive_timeout`, or the server is draining: close quietly.
+    /// The client closed its side (or its socket failed): close quietly.
+    Gone,
+    /// Idle past `keepalive_timeout`, or the server is draining: close quietly.
     Done,
     /// The head did not arrive by its deadline.
     TimedOut,
@@ -495,7 +513,7 @@ async fn read_more(
             buf.extend_from_slice(&chunk[..n]);
             More::Read
         }
-        _ => More::Done,
+        _ => More::Gone,
     }
 }
 

@@ -71,6 +71,21 @@ pub fn answer_head(out: &mut Vec<u8>, a: &Answer, keep_alive: bool) {
     }
 }
 
+/// An upper bound of the bytes [`answer_head`] writes for `a`.
+fn head_size(a: &Answer) -> usize {
+    // Status line, `Date`, `Connection` and the blank line fit in this.
+    const FIXED: usize = 128;
+    let lines = a
+        .relayed
+        .iter()
+        .chain(a.route_headers.iter().flat_map(|h| h.iter()))
+        .map(|(n, v)| n.len() + v.len())
+        .chain(a.headers.iter().map(|(n, v)| n.len() + v.len()))
+        .map(|len| len + 4)
+        .sum::<usize>();
+    FIXED + a.template().map_or(0, |t| t.wire.len()) + lines
+}
+
 /// Writes `a` (its body too unless `head_only`); `out` is a reusable buffer.
 pub async fn send_answer(
     io: &mut (impl AsyncWrite + Unpin),
@@ -79,12 +94,21 @@ pub async fn send_answer(
     head_only: bool,
     keep_alive: bool,
 ) -> std::io::Result<()> {
-    answer_head(out, a, keep_alive);
     let body = if head_only || a.status == 304 || a.status == 204 {
         &[][..]
     } else {
         &a.body[..]
     };
+    // Sized once: built by growth, a first answer's buffer is reallocated half a dozen times.
+    out.reserve(
+        head_size(a)
+            + if body.len() <= COALESCE_BODY {
+                body.len()
+            } else {
+                0
+            },
+    );
+    answer_head(out, a, keep_alive);
     if body.len() <= COALESCE_BODY {
         out.extend_from_slice(body);
         io.write_all(out).await?;

@@ -325,6 +325,7 @@ async fn latest<G: Future>(
 ) -> Option<Answer> {
     let m = &h.hub.cache.metrics;
     let mut close = false;
+    let mut fanout = None;
     let mut which = Which::Ok;
     match ask.if_none_match.as_deref() {
         Some(inm) if etag_matches(inm, &msg.etag) => {
@@ -332,7 +333,7 @@ async fn latest<G: Future>(
             if h.wait.is_zero() {
                 m.not_modified.inc();
             } else {
-                let Some(slot) = h.hub.cache.try_hold(h.topic) else {
+                let Some(mut slot) = h.hub.cache.try_hold(h.topic) else {
                     return Some(reject_answer(
                         h.hub,
                         "max_held_polls",
@@ -341,6 +342,7 @@ async fn latest<G: Future>(
                 };
                 let deadline = tokio::time::Instant::now() + h.wait;
                 let mut shutdown = h.hub.cache.store.shutdown_signal();
+                let mut again = false;
                 let woke = loop {
                     // Subscribe before reading the cache, so a publish in between is not missed.
                     let mut rx = h.topic.watch();
@@ -350,14 +352,19 @@ async fn latest<G: Future>(
                     if !etag_matches(inm, &msg.etag) {
                         break Woke::Changed;
                     }
+                    if again {
+                        // Woken by a change that was not news to this client: it waits on.
+                        slot.rearm();
+                    }
                     match wait_change(&mut rx, deadline, &mut shutdown, h.gone.as_mut()).await {
-                        Woke::Changed => continue,
+                        Woke::Changed => again = true,
                         w => break w,
                     }
                 };
                 drop(slot);
                 match woke {
                     Woke::Changed => {
+                        fanout = h.hub.cache.store.answers_due().ticket();
                         which = Which::Ok;
                         m.held_served.inc();
                         m.lag.observe(msg.received.elapsed().as_secs_f64());
@@ -376,6 +383,7 @@ async fn latest<G: Future>(
     saved(h.hub, h.topic);
     let age = msg.received.elapsed().as_secs();
     let mut a = Answer::from_message(msg, which).closing(close);
+    a.fanout = fanout;
     a.push(name::AGE, super::answer::age_value(age));
     decorate(&mut a, ask, stale);
     Some(a)
@@ -388,8 +396,9 @@ async fn since<G: Future>(mut h: Hold<'_, '_, G>, ask: &Ask, stale: bool) -> Opt
     let mut got = h.topic.since(ask.cursor.as_ref());
     let mut held = false;
     let mut close = false;
+    let mut fanout = None;
     if got.messages.is_empty() && !h.wait.is_zero() {
-        let Some(_slot) = h.hub.cache.try_hold(h.topic) else {
+        let Some(mut slot) = h.hub.cache.try_hold(h.topic) else {
             return Some(reject_answer(
                 h.hub,
                 "max_held_polls",
@@ -405,8 +414,11 @@ async fn since<G: Future>(mut h: Hold<'_, '_, G>, ask: &Ask, stale: bool) -> Opt
                     rx = h.topic.watch();
                     got = h.topic.since(ask.cursor.as_ref());
                     if !got.messages.is_empty() {
+                        drop(slot);
+                        fanout = h.hub.cache.store.answers_due().ticket();
                         break;
                     }
+                    slot.rearm();
                 }
                 Woke::Gone => return None,
                 Woke::Timeout => break,
@@ -438,6 +450,7 @@ async fn since<G: Future>(mut h: Hold<'_, '_, G>, ask: &Ask, stale: bool) -> Opt
         .header(name::POLLGATE_CURSOR, cursor)
         .with_body(body)
         .closing(close);
+    a.fanout = fanout;
     if got.gap {
         a.push(name::POLLGATE_GAP, HeaderValue::from_static("true"));
     }
