@@ -68,6 +68,7 @@ impl AdminApp {
                     "cached_messages": t.len(),
                     "messages_received": t.received(),
                     "held_polls": t.held.load(Ordering::Relaxed),
+                    "sse_streams": t.streams.load(Ordering::Relaxed),
                     "last_poll_seconds_ago": now.saturating_sub(t.last_poll_ms.load(Ordering::Relaxed)) as f64 / 1000.0,
                     "pollers_last_minute": t.pollers_last_minute(now),
                     "requests_saved": t.saved.load(Ordering::Relaxed),
@@ -88,6 +89,7 @@ impl AdminApp {
             "routes": routes,
             "topics_total": self.state.store.topic_count(),
             "held_polls_total": self.state.store.held_count(),
+            "sse_streams_total": self.state.store.stream_count(),
         })
     }
 }

@@ -82,6 +82,9 @@ pollgate demo: gateway http://{g}  ->  sample backend http://{b} (publishes btc,
   every message after N, held until there is one (an older id gets Pollgate-Gap: true):
     curl -si http://{g}/api/news/btc
     curl -si 'http://{g}/api/news/btc?since=N'
+  the same as a stream of events (what a browser's EventSource reads; reconnect with
+  -H 'Last-Event-ID: N' to get every message after N):
+    curl -N -H 'Accept: text/event-stream' http://{g}/api/news/btc
   publish your own message:
     curl -s -X POST -d '{{"headline":"hello"}}' http://{g}/publish/btc
   backend counters / metrics / live status page:

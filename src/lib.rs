@@ -9,8 +9,9 @@
 //! - [`proxy`]: every client request. [`proxy::connection`] owns each connection; every head is
 //!   judged by the one validator, [`proxy::request`]; [`proxy::router`] decides what the
 //!   request is ([`proxy::router::Dispatch`]); [`proxy::poll`] decides every poll's answer
-//!   ([`proxy::answer::Answer`]), written by [`proxy::wire`] (pollgate's connections) or
-//!   [`proxy::session`] (pingora's). Bodiless requests are forwarded by [`proxy::forward`]
+//!   ([`proxy::answer::Answer`]), or for `Accept: text/event-stream` each step of an
+//!   EventSource stream ([`proxy::poll::stream`]), written by [`proxy::wire`] (pollgate's
+//!   connections) or [`proxy::session`] (pingora's). Bodiless requests are forwarded by [`proxy::forward`]
 //!   (answers read by [`proxy::response`]) over connections from [`proxy::upstream`], which
 //!   also gives poll fallbacks and [`proxy::access`] (`auth_request`) pingora's HTTP/1
 //!   client; bodies and WebSocket handshakes go to
@@ -33,12 +34,14 @@
 //! client ──► connection (slot, head deadline) ──► request::parse ── refused: 400/431/408
 //!   │ Router::dispatch ── not found: 404 ── malformed handshake: 400
 //!   │ poll (GET/HEAD) ──► poll::serve ──► Answer ──► wire (or session) ──► client
+//!   │     Accept: text/event-stream ──► EventStream: head, then each Step as it comes
 //!   │     Hub::topic (subscribe once) ── warm: hit / 304 / held until news / since-array
 //!   │     cold or too stale ──► fallback ──┐
 //!   │ proxy, no body ──► forward ──────────┴──► upstream (pingora's connector, pooled) ──► backend
 //!   └ body or WebSocket handshake (or fast_paths: false) ──► pingora ──► Gateway
 //!         (the same dispatch, poll core and header rules) ──► backend / tunnel
 //! backend WebSocket ──► subscription ──► Hub::ingest ──► Topic::publish ──► wakes held polls
+//!                                                                          and streams
 //! ```
 
 #![forbid(unsafe_code)]

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub fallback_requests: IntCounterVec,
     pub fallback_collapsed: IntCounterVec,
     pub shadow_comparisons: IntCounterVec,
+    pub sse_streams_active: IntGaugeVec,
+    pub sse_events: IntCounterVec,
 }
 
 /// The process-wide metrics.
@@ -95,7 +97,7 @@ impl Metrics {
             request_duration: histogram_vec(
                 &r,
                 "pollgate_request_duration_seconds",
-                "Time from request to completed response, by route and kind (poll, fallback, proxy, websocket, local)",
+                "Time from request to completed response, by route and kind (poll, fallback, proxy, websocket, local, sse)",
                 &["route", "kind"],
                 LATENCY_BUCKETS.to_vec(),
             ),
@@ -171,7 +173,7 @@ impl Metrics {
             rejected: counter_vec(
                 &r,
                 "pollgate_rejected_total",
-                "Requests refused by a limit, by reason (max_connections, max_websockets, max_topics, max_held_polls)",
+                "Requests refused by a limit, by reason (max_connections, max_websockets, max_topics, max_held_polls, max_sse_streams)",
                 &["route", "reason"],
             ),
             config_reloads: counter_vec(
@@ -197,6 +199,18 @@ impl Metrics {
                 "pollgate_shadow_comparisons_total",
                 "Shadow comparisons of the cache's answer with the backend's own, by result (match, mismatch, error)",
                 &["route", "result"],
+            ),
+            sse_streams_active: gauge_vec(
+                &r,
+                "pollgate_sse_streams_active",
+                "EventSource (Server-Sent Events) streams open now",
+                &["route"],
+            ),
+            sse_events: counter_vec(
+                &r,
+                "pollgate_sse_events_total",
+                "Events sent on EventSource streams: messages and gap events, not heartbeats",
+                &["route"],
             ),
             registry: r,
         }
@@ -266,6 +280,8 @@ pub struct RouteMetrics {
     pub poll_duration: prometheus::Histogram,
     pub ok_200: IntCounter,
     pub ok_304: IntCounter,
+    pub sse_active: prometheus::IntGauge,
+    pub sse_events: IntCounter,
 }
 
 impl RouteMetrics {
@@ -291,6 +307,8 @@ impl RouteMetrics {
             poll_duration: m.request_duration.with_label_values(&[route, "poll"]),
             ok_200: m.proxied_requests.with_label_values(&[route, "200"]),
             ok_304: m.proxied_requests.with_label_values(&[route, "304"]),
+            sse_active: m.sse_streams_active.with_label_values(&[route]),
+            sse_events: m.sse_events.with_label_values(&[route]),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Polling through the gateway as a browser does it, in headless Chromium (see
 //! `common::chromium`): its HTTP cache revalidating poll answers, tabs reloading cursor
-//! answers, and pages on another origin polling across CORS.
+//! answers, pages on another origin polling across CORS, and `EventSource` streams.
 //!
 //! The tests take turns with one browser at a time: they measure how long requests take, and
 //! two Chromiums on the CI's two cores would measure each other.
@@ -596,4 +596,159 @@ async fn another_origin_long_polls_across_cors_and_a_stranger_gets_nothing() {
             "{what}"
         );
     }
+}
+
+/// Behaviour 4: a page on another origin reads a since-mode route with `EventSource` across
+/// CORS: every message in order with its cursor as `lastEventId`, a multi-line payload as
+/// one event; when the stream ends (a reload replaced the route's cache) the browser
+/// reconnects by itself after the `retry:` hint, sending `Last-Event-ID`, and the `gap` event
+/// tells the page that the new cache does not know it. A stranger's EventSource gets nothing.
+#[tokio::test]
+async fn an_event_source_on_another_origin_streams_across_cors_and_reconnects() {
+    let Some(bin) = chromium_or_skip("the browser polling tests") else {
+        return;
+    };
+    let _turn = ONE_BROWSER.lock().await;
+    let app = Upstream::start().await;
+    serve_pages(&app);
+    let stranger = Upstream::start().await;
+    serve_pages(&stranger);
+    let app_origin = format!("http://{}", app.addr);
+    let stranger_origin = format!("http://{}", stranger.addr);
+
+    let up = Upstream::start().await;
+    const NEWS: &str = "/ws/news/btc";
+    up.publish(NEWS, "n0");
+    let cors = format!("cors:\n  allow_origins: [\"{app_origin}\"]\n");
+    let cfg = config(&up, &cors).replace(
+        "    long_poll: 25s\n",
+        "    long_poll: 25s\n    sse_heartbeat: 200ms\n    sse_retry: 300ms\n",
+    );
+    let gw = Gateway::start(&cfg).await;
+    let url = gw.url("/api/news/btc");
+    let warm = get_with(gw.addr, "/api/news/btc", &[]).await;
+    assert_eq!(warm.status, 200, "{}\n{}", warm.head, warm.body);
+
+    let mut b = browser(&bin).await;
+    let cdp = &mut b.cdp;
+    cdp.navigate(&format!("{app_origin}/page.html")).await;
+    let start = format!(
+        r#"((url) => {{
+  window.__ev = [];
+  window.__opens = 0;
+  window.__errors = 0;
+  const es = new EventSource(url);
+  window.__es = es;
+  const keep = e => window.__ev.push({{ type: e.type, data: e.data, id: e.lastEventId }});
+  es.onopen = () => window.__opens++;
+  es.onmessage = keep;
+  es.addEventListener('gap', keep);
+  es.onerror = () => window.__errors++;
+  return true;
+}})({})"#,
+        serde_json::to_string(&url).unwrap()
+    );
+    assert_eq!(cdp.eval(&start).await, true);
+    let state = "({ ev: window.__ev, opens: window.__opens, errors: window.__errors, \
+                 ready: window.__es.readyState })";
+    let what = |v: &serde_json::Value, cdp: &Cdp| {
+        format!(
+            "the page saw {v:#}\nnetwork:\n{}",
+            describe(&cdp.seen(&url))
+        )
+    };
+    let seen = cdp
+        .settle(Duration::from_secs(10), state, |v| {
+            v["ev"][0]["data"] == "n0"
+        })
+        .await;
+    assert_eq!(seen["ev"][0]["data"], "n0", "{}", what(&seen, cdp));
+    let payloads = ["n1", "two\nlines", "n3", "n4"];
+    for p in payloads {
+        up.publish(NEWS, p);
+    }
+    let seen = cdp
+        .settle(Duration::from_secs(10), state, |v| {
+            v["ev"].as_array().is_some_and(|e| e.len() == 5)
+        })
+        .await;
+    let report = what(&seen, cdp);
+    let ev = seen["ev"].as_array().cloned().unwrap_or_default();
+    assert_eq!(ev.len(), 5, "{report}");
+    let ids: Vec<u64> = ev
+        .iter()
+        .map(|e| e["id"].as_str().and_then(|i| i.parse().ok()).unwrap_or(0))
+        .collect();
+    for (k, e) in ev.iter().enumerate() {
+        assert_eq!(e["type"], "message", "{report}");
+        let want = if k == 0 { "n0" } else { payloads[k - 1] };
+        assert_eq!(e["data"], want, "{report}");
+        if k > 0 {
+            assert_eq!(ids[k], ids[k - 1] + 1, "{report}");
+        }
+    }
+    assert_eq!(seen["opens"], 1, "{report}");
+    let stream = cdp.seen(&url);
+    let first = stream.first().cloned().unwrap_or_default();
+    assert_eq!(first.kind, "EventSource", "{report}");
+    let h = |n: &str| first.received.get(n).cloned().unwrap_or_default();
+    assert_eq!(h("content-type"), "text/event-stream", "{report}");
+    assert_eq!(h("access-control-allow-origin"), app_origin, "{report}");
+
+    // A reload that changes the route gives it a new cache: the stream ends at its next
+    // heartbeat, the browser reconnects with the last id it got, which the new cache never
+    // issued: `gap`, then what the new cache holds (the backend's retained n4), then news.
+    gw.reload_with(|t| t.replace("sse_retry: 300ms", "sse_retry: 400ms"))
+        .await;
+    let seen = cdp
+        .settle(Duration::from_secs(10), state, |v| {
+            v["opens"] == 2 && v["ev"].as_array().is_some_and(|e| e.len() >= 7)
+        })
+        .await;
+    assert_eq!(seen["opens"], 2, "reconnected; {}", what(&seen, cdp));
+    up.publish(NEWS, "n5");
+    let seen = cdp
+        .settle(Duration::from_secs(10), state, |v| {
+            v["ev"].as_array().is_some_and(|e| e.len() == 8)
+        })
+        .await;
+    let report = what(&seen, cdp);
+    let ev = seen["ev"].as_array().cloned().unwrap_or_default();
+    assert_eq!(seen["opens"], 2, "{report}");
+    assert_eq!(ev.len(), 8, "{report}");
+    assert_eq!(ev[5]["type"], "gap", "{report}");
+    let gap: serde_json::Value =
+        serde_json::from_str(ev[5]["data"].as_str().unwrap_or("")).unwrap();
+    assert_eq!(gap["last_event_id"], ids[4].to_string(), "{report}");
+    assert_eq!(ev[6]["data"], "n4", "{report}");
+    assert_eq!(ev[7]["data"], "n5", "{report}");
+    let reconnect = cdp
+        .seen(&url)
+        .into_iter()
+        .filter(|s| s.method == "GET")
+        .nth(1);
+    let reconnect = reconnect.unwrap_or_default();
+    assert_eq!(
+        reconnect.sent.get("last-event-id"),
+        Some(&ids[4].to_string()),
+        "{report}"
+    );
+    assert_eq!(
+        gw.metric(r#"pollgate_sse_streams_active{route="news"}"#)
+            .await,
+        1.0
+    );
+
+    // A page on an origin the config does not list: refused, and EventSource gives up.
+    cdp.navigate(&format!("{stranger_origin}/page.html")).await;
+    assert_eq!(cdp.eval(&start).await, true);
+    let seen = cdp
+        .settle(Duration::from_secs(10), state, |v| v["ready"] == 2)
+        .await;
+    let report = what(&seen, cdp);
+    assert_eq!(seen["ready"], 2, "closed for good; {report}");
+    assert_eq!(seen["ev"], serde_json::json!([]), "{report}");
+    assert_eq!(seen["opens"], 0, "{report}");
+    let refused = cdp.seen(&url).pop().unwrap_or_default();
+    assert_eq!(refused.status, Some(403), "{report}");
 }

@@ -121,6 +121,13 @@ fn polling_docs_have_curl_examples_against_the_demo() {
     for route in ["/api/prices/btc", "/api/news/btc?since="] {
         assert!(doc.contains(route), "docs/polling.md lacks {route}");
     }
+    // The EventSource section's examples, against the demo's since-mode route.
+    for example in [
+        "curl -N -H 'Accept: text/event-stream' http://127.0.0.1:8080/api/news/btc",
+        "new EventSource('/api/news/btc')",
+    ] {
+        assert!(doc.contains(example), "docs/polling.md lacks {example}");
+    }
     let demo = repo_file("config/demo.yaml");
     assert!(demo.contains("/api/prices/{topic}") && demo.contains("/api/news/{topic}"));
 }

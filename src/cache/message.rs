@@ -4,6 +4,7 @@ use base64::Engine;
 use bytes::Bytes;
 use http::HeaderValue;
 use sha1::{Digest, Sha1};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 /// A message as cached: shared by every response that carries it (serialised once, not per poll).
@@ -28,6 +29,9 @@ pub struct Message {
     /// Latest mode: the header lines of the `200` and `304` answers for this message, built
     /// once on arrival; each answer adds only its own lines (`Age`, ...).
     pub heads: Option<Box<Heads>>,
+    /// The message as one Server-Sent Event (`id:` and `data:` lines), built by the first
+    /// EventSource stream that sends it and shared by every other.
+    pub sse: OnceLock<Bytes>,
 }
 
 /// The fixed header lines of a cached message's answers.

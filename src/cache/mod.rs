@@ -9,7 +9,7 @@ pub use due::{AnswersDue, Ticket, SETTLE_LIMIT};
 pub use message::{
     etag_for, json_fragment, latest_heads, pointer_cursor, HeadTemplate, Heads, Message,
 };
-pub use topic::{CursorArg, Since, SubState, Topic};
+pub use topic::{After, CursorArg, Resume, Since, SubState, Topic};
 
 use crate::config::PollRoute;
 use crate::limits::take;
@@ -41,12 +41,14 @@ struct StoreInner {
     max_topics: AtomicUsize,
     held: AtomicUsize,
     max_held: AtomicUsize,
+    streams: AtomicUsize,
+    max_streams: AtomicUsize,
     shutdown: watch::Sender<bool>,
     due: Arc<AnswersDue>,
 }
 
 impl Store {
-    pub fn new(max_topics: usize, max_held: usize) -> Store {
+    pub fn new(max_topics: usize, max_held: usize, max_streams: usize) -> Store {
         Store {
             inner: Arc::new(StoreInner {
                 epoch: Instant::now(),
@@ -54,6 +56,8 @@ impl Store {
                 max_topics: AtomicUsize::new(max_topics),
                 held: AtomicUsize::new(0),
                 max_held: AtomicUsize::new(max_held),
+                streams: AtomicUsize::new(0),
+                max_streams: AtomicUsize::new(max_streams),
                 shutdown: watch::channel(false).0,
                 due: Arc::default(),
             }),
@@ -65,9 +69,10 @@ impl Store {
         self.inner.epoch.elapsed().as_millis() as u64
     }
 
-    pub fn set_limits(&self, max_topics: usize, max_held: usize) {
+    pub fn set_limits(&self, max_topics: usize, max_held: usize, max_streams: usize) {
         self.inner.max_topics.store(max_topics, Ordering::Relaxed);
         self.inner.max_held.store(max_held, Ordering::Relaxed);
+        self.inner.max_streams.store(max_streams, Ordering::Relaxed);
     }
 
     pub fn topic_count(&self) -> usize {
@@ -76,6 +81,11 @@ impl Store {
 
     pub fn held_count(&self) -> usize {
         self.inner.held.load(Ordering::Relaxed)
+    }
+
+    /// EventSource streams open now, across all routes.
+    pub fn stream_count(&self) -> usize {
+        self.inner.streams.load(Ordering::Relaxed)
     }
 
     /// Answers every held poll now: called once when the server starts shutting down.
@@ -107,6 +117,18 @@ impl Store {
     fn release_hold(&self) {
         self.inner.held.fetch_sub(1, Ordering::AcqRel);
     }
+
+    /// Reserves an EventSource stream slot under the global cap.
+    fn try_stream(&self) -> bool {
+        take(
+            &self.inner.streams,
+            self.inner.max_streams.load(Ordering::Relaxed),
+        )
+    }
+
+    fn release_stream(&self) {
+        self.inner.streams.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One poll route's topics.
@@ -117,6 +139,7 @@ pub struct RouteCache {
     pub store: Store,
     topics: DashMap<Box<str>, Arc<Topic>>,
     held: AtomicUsize,
+    streams: AtomicUsize,
 }
 
 /// A held-poll slot; releasing it (on drop) keeps the gauges right on every exit path,
@@ -147,6 +170,23 @@ impl Drop for HoldGuard {
     }
 }
 
+/// An EventSource stream's slot, held for the stream's whole life: dropping it (the client
+/// hung up, the server shut down, the write failed) gives the slot back and keeps the gauges
+/// right.
+pub struct StreamGuard {
+    route: Arc<RouteCache>,
+    topic: Arc<Topic>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.route.streams.fetch_sub(1, Ordering::AcqRel);
+        self.route.store.release_stream();
+        self.route.metrics.sse_active.dec();
+        self.topic.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl RouteCache {
     pub fn new(name: Arc<str>, poll: Arc<PollRoute>, store: Store) -> RouteCache {
         RouteCache {
@@ -156,6 +196,7 @@ impl RouteCache {
             store,
             topics: DashMap::new(),
             held: AtomicUsize::new(0),
+            streams: AtomicUsize::new(0),
         }
     }
 
@@ -245,6 +286,29 @@ impl RouteCache {
             route: self.clone(),
             topic: topic.clone(),
             began: topic.hold_began(),
+        })
+    }
+
+    /// Reserves an EventSource stream slot under the route and global caps. Streams have caps
+    /// of their own rather than sharing `max_held_polls`: a stream stays open for as long as
+    /// its client is there, a held poll for at most `long_poll`, so shared slots would let
+    /// streams starve long-pollers.
+    pub fn try_stream(self: &Arc<Self>, topic: &Arc<Topic>) -> Option<StreamGuard> {
+        if !take(
+            &self.streams,
+            self.poll.max_sse_streams.unwrap_or(usize::MAX),
+        ) {
+            return None;
+        }
+        if !self.store.try_stream() {
+            self.streams.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        self.metrics.sse_active.inc();
+        topic.streams.fetch_add(1, Ordering::Relaxed);
+        Some(StreamGuard {
+            route: self.clone(),
+            topic: topic.clone(),
         })
     }
 }

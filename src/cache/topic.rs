@@ -52,6 +52,8 @@ pub struct Topic {
     pub last_poll_ms: AtomicU64,
     pub saved: AtomicU64,
     pub held: AtomicU64,
+    /// EventSource streams reading this topic now.
+    pub streams: AtomicU64,
     /// Polls counted in the current and previous minute (a two-bucket sliding window).
     minute: AtomicU64,
     polls_this_minute: AtomicU64,
@@ -91,6 +93,7 @@ impl Topic {
             last_poll_ms: AtomicU64::new(now_ms),
             saved: AtomicU64::new(0),
             held: AtomicU64::new(0),
+            streams: AtomicU64::new(0),
             minute: AtomicU64::new(now_ms / 60_000),
             polls_this_minute: AtomicU64::new(0),
             polls_last_minute: AtomicU64::new(0),
@@ -201,29 +204,14 @@ impl Topic {
     /// `by_id`: cursors are message ids (`id_pointer`) rather than gateway sequence numbers.
     pub fn since(&self, cursor: Option<&CursorArg>) -> Since {
         let g = self.inner.lock();
-        let all = || g.ring.iter().cloned().collect::<Vec<_>>();
         let newest = g
             .ring
             .back()
             .map(|m| m.cursor.clone())
             .unwrap_or_else(|| self.base_seq.to_string());
         let (messages, mut gap) = match cursor {
-            None => (all(), false),
-            Some(CursorArg::Seq(c)) => {
-                let c = *c;
-                let front_prev = g.ring.front().map(|m| m.seq - 1).unwrap_or(g.next_seq - 1);
-                let last = g.next_seq - 1;
-                if c >= front_prev && c <= last {
-                    let skip = (c - front_prev) as usize;
-                    (g.ring.iter().skip(skip).cloned().collect(), false)
-                } else {
-                    (all(), true)
-                }
-            }
-            Some(CursorArg::Id(id)) => match g.ring.iter().rposition(|m| &m.cursor == id) {
-                Some(pos) => (g.ring.iter().skip(pos + 1).cloned().collect(), false),
-                None => (all(), true),
-            },
+            None => (g.ring.iter().cloned().collect(), false),
+            Some(c) => g.after(c),
         };
         if messages.iter().any(|m| m.gap_before) {
             gap = true;
@@ -237,6 +225,23 @@ impl Topic {
             messages,
             gap,
             cursor,
+        }
+    }
+
+    /// What an EventSource stream reads from `from`: every message after it up to the newest
+    /// (only the newest for [`Resume::Newest`]), and the position reached, under one lock so
+    /// nothing published meanwhile falls between two reads.
+    pub fn after(&self, from: &Resume) -> After {
+        let g = self.inner.lock();
+        let (messages, lost) = match from {
+            Resume::Newest => (g.ring.back().cloned().into_iter().collect(), false),
+            Resume::All => (g.ring.iter().cloned().collect(), false),
+            Resume::After(c) => g.after(c),
+        };
+        After {
+            messages,
+            lost,
+            seq: g.next_seq - 1,
         }
     }
 
@@ -276,6 +281,51 @@ impl Topic {
     }
 }
 
+impl Inner {
+    /// The messages after `cursor`, or every message held and `true` when the cursor is not
+    /// in the ring (fell out of history, or was issued by another process).
+    fn after(&self, cursor: &CursorArg) -> (Vec<Arc<Message>>, bool) {
+        let all = || self.ring.iter().cloned().collect::<Vec<_>>();
+        match cursor {
+            CursorArg::Seq(c) => {
+                let c = *c;
+                let last = self.next_seq - 1;
+                let front_prev = self.ring.front().map(|m| m.seq - 1).unwrap_or(last);
+                if c >= front_prev && c <= last {
+                    let skip = (c - front_prev) as usize;
+                    (self.ring.iter().skip(skip).cloned().collect(), false)
+                } else {
+                    (all(), true)
+                }
+            }
+            CursorArg::Id(id) => match self.ring.iter().rposition(|m| &m.cursor == id) {
+                Some(pos) => (self.ring.iter().skip(pos + 1).cloned().collect(), false),
+                None => (all(), true),
+            },
+        }
+    }
+}
+
+/// Where an EventSource stream starts reading a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// The newest message (the first to come, on a topic with none yet).
+    Newest,
+    /// Everything held.
+    All,
+    /// Every message after a cursor the client had.
+    After(CursorArg),
+}
+
+/// What a stream read: see [`Topic::after`].
+pub struct After {
+    pub messages: Vec<Arc<Message>>,
+    /// The cursor was not in the held history: messages may be missing before the first.
+    pub lost: bool,
+    /// The sequence number read up to: the next read continues after it.
+    pub seq: u64,
+}
+
 /// A parsed since-mode cursor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CursorArg {
@@ -299,6 +349,7 @@ mod tests {
             date: http::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
             gap_before: gap,
             heads: None,
+            sse: Default::default(),
         }
     }
 
@@ -361,6 +412,35 @@ mod tests {
         let t = Topic::new("t", 1, 0, Default::default());
         t.set_state(SubState::Down(Instant::now()));
         assert_eq!(t.state(), SubState::Failed);
+    }
+
+    #[test]
+    fn streams_read_from_where_they_resume_and_continue_after_the_newest() {
+        let t = Topic::new("t", 3, 0);
+        let base = t.base_seq;
+        let cold = t.after(&Resume::Newest);
+        assert!(cold.messages.is_empty() && !cold.lost);
+        assert_eq!(cold.seq, base);
+        for _ in 0..4 {
+            t.publish(msg);
+        }
+        let seqs = |a: &After| a.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+        // The cold stream's position now sees every message it can still get, and that
+        // the first one fell out of the ring.
+        let next = t.after(&Resume::After(CursorArg::Seq(cold.seq)));
+        assert!(next.lost);
+        assert_eq!(seqs(&next), vec![base + 2, base + 3, base + 4]);
+        let newest = t.after(&Resume::Newest);
+        assert_eq!(seqs(&newest), vec![base + 4]);
+        assert_eq!(newest.seq, base + 4);
+        assert_eq!(t.after(&Resume::All).messages.len(), 3);
+        let id = t.after(&Resume::After(CursorArg::Id((base + 3).to_string())));
+        assert_eq!(seqs(&id), vec![base + 4]);
+        assert!(!id.lost);
+        let caught_up = t.after(&Resume::After(CursorArg::Seq(base + 4)));
+        assert!(caught_up.messages.is_empty() && !caught_up.lost);
+        assert_eq!(caught_up.seq, base + 4);
+        assert!(t.after(&Resume::After(CursorArg::Id("nope".into()))).lost);
     }
 
     #[tokio::test]

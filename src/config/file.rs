@@ -55,6 +55,9 @@ pub struct FileConfig {
     pub max_topics: Option<usize>,
     /// Long polls held at once across all poll routes (default 10000).
     pub max_held_polls: Option<usize>,
+    /// EventSource (Server-Sent Events) streams open at once across all poll routes (default
+    /// 10000).
+    pub max_sse_streams: Option<usize>,
     /// One log line per request, target `access` (default true).
     pub access_log: Option<bool>,
     /// Answer polls and forward bodiless requests in pollgate's own connection loop (default
@@ -146,6 +149,14 @@ pub struct FileRoute {
     pub max_topics: Option<usize>,
     /// Long polls held at once on this route.
     pub max_held_polls: Option<usize>,
+    /// Poll routes: EventSource streams open at once on this route.
+    pub max_sse_streams: Option<usize>,
+    /// Poll routes: an EventSource stream with nothing to send for this long gets a comment
+    /// line, so intermediaries keep it open (default 15s).
+    pub sse_heartbeat: Option<ConfDuration>,
+    /// Poll routes: the `retry:` reconnection delay an EventSource stream starts with (default
+    /// 3s).
+    pub sse_retry: Option<ConfDuration>,
     /// Upstream messages larger than this are dropped and counted (default 1 MiB).
     pub max_message_bytes: Option<usize>,
     /// While a subscription is down, serve the last message this long (default 60s).

@@ -601,6 +601,43 @@ routes:
     }
 
     #[test]
+    fn event_stream_keys_have_defaults_bounds_and_key_paths() {
+        let env = |_: &str| Some("t".to_string());
+        let c = Config::from_yaml(POLL, &env).unwrap();
+        let poll = c.routes[0].poll.as_ref().unwrap();
+        assert_eq!(poll.sse_heartbeat, DEFAULT_SSE_HEARTBEAT);
+        assert_eq!(poll.sse_retry, DEFAULT_SSE_RETRY);
+        assert_eq!(poll.max_sse_streams, None);
+        assert_eq!(c.max_sse_streams, DEFAULT_MAX_SSE_STREAMS);
+        let y = format!("max_sse_streams: 7\n{POLL}    sse_heartbeat: 200ms\n    sse_retry: 10s\n    max_sse_streams: 2\n");
+        let c = Config::from_yaml(&y, &env).unwrap();
+        let poll = c.routes[0].poll.as_ref().unwrap();
+        assert_eq!(poll.sse_heartbeat, Duration::from_millis(200));
+        assert_eq!(poll.sse_retry, Duration::from_secs(10));
+        assert_eq!(poll.max_sse_streams, Some(2));
+        assert_eq!(c.max_sse_streams, 7);
+        let y = format!("{POLL}    sse_heartbeat: 10ms\n    sse_retry: 2h\n");
+        let err = Config::from_yaml(&y, &env).unwrap_err().problems();
+        assert_eq!(
+            err,
+            vec![
+                "routes[0].sse_heartbeat: must be between 100ms and 1h (line 19)",
+                "routes[0].sse_retry: must be between 100ms and 1h (line 20)",
+            ],
+            "{err:#?}"
+        );
+        let y = BASE.replace(
+            "    prefix: \"/api/\"",
+            "    prefix: \"/api/\"\n    sse_heartbeat: 5s",
+        );
+        let err = Config::from_yaml(&y, &no_env).unwrap_err().problems();
+        assert_eq!(
+            err,
+            vec!["routes[0].sse_heartbeat: only applies to poll routes (add a `subscribe` block) (line 11)"]
+        );
+    }
+
+    #[test]
     fn poll_keys_need_subscribe() {
         let y = BASE.replace(
             "    prefix: \"/api/\"",

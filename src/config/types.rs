@@ -14,6 +14,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_MAX_TOPICS: usize = 10_000;
 pub const DEFAULT_MAX_HELD_POLLS: usize = 10_000;
+pub const DEFAULT_MAX_SSE_STREAMS: usize = 10_000;
+pub const DEFAULT_SSE_HEARTBEAT: Duration = Duration::from_secs(15);
+pub const DEFAULT_SSE_RETRY: Duration = Duration::from_secs(3);
 pub const DEFAULT_HISTORY: usize = 64;
 pub const DEFAULT_FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(1);
 pub const DEFAULT_IDLE_UNSUBSCRIBE: Duration = Duration::from_secs(300);
@@ -43,6 +46,8 @@ pub struct Config {
     pub server: ServerOptions,
     pub max_topics: usize,
     pub max_held_polls: usize,
+    /// EventSource streams open at once across all poll routes.
+    pub max_sse_streams: usize,
     /// One log line per request (target `access`).
     pub access_log: bool,
     /// pollgate's connection loop answers polls and forwards bodiless requests itself; `false`
@@ -209,6 +214,12 @@ pub struct PollRoute {
     pub idle_unsubscribe: Duration,
     pub max_topics: Option<usize>,
     pub max_held_polls: Option<usize>,
+    /// EventSource streams open at once on this route (the global cap also applies).
+    pub max_sse_streams: Option<usize>,
+    /// Silence on an EventSource stream after which a comment line is sent.
+    pub sse_heartbeat: Duration,
+    /// The `retry:` hint at the start of an EventSource stream.
+    pub sse_retry: Duration,
     pub access: Access,
     pub subscribe: Subscribe,
     pub max_message_bytes: usize,

@@ -58,6 +58,7 @@ pub fn validate(
         p.add(&[key("max_topics")], "must be at least 1");
     }
     let max_held_polls = file.max_held_polls.unwrap_or(DEFAULT_MAX_HELD_POLLS);
+    let max_sse_streams = file.max_sse_streams.unwrap_or(DEFAULT_MAX_SSE_STREAMS);
     for (k, v, lo, hi) in [
         ("max_connections", file.max_connections, 1, 10_000_000),
         ("max_websockets", file.max_websockets, 0, 10_000_000),
@@ -151,6 +152,7 @@ pub fn validate(
         },
         max_topics,
         max_held_polls,
+        max_sse_streams,
         access_log: file.access_log.unwrap_or(true),
         fast_paths: file.fast_paths.unwrap_or(true),
         limits: Limits {
@@ -308,6 +310,9 @@ fn route(
                     idle_unsubscribe: r.idle_unsubscribe.map(|d| d.0),
                     max_topics: r.max_topics,
                     max_held_polls: r.max_held_polls,
+                    max_sse_streams: r.max_sse_streams,
+                    sse_heartbeat: r.sse_heartbeat.map(|d| d.0),
+                    sse_retry: r.sse_retry.map(|d| d.0),
                     max_message_bytes: r.max_message_bytes,
                     max_stale: r.max_stale.map(|d| d.0),
                     ping_interval: r.ping_interval.map(|d| d.0),
@@ -335,6 +340,9 @@ fn route(
                 ("idle_unsubscribe", r.idle_unsubscribe.is_some()),
                 ("max_topics", r.max_topics.is_some()),
                 ("max_held_polls", r.max_held_polls.is_some()),
+                ("max_sse_streams", r.max_sse_streams.is_some()),
+                ("sse_heartbeat", r.sse_heartbeat.is_some()),
+                ("sse_retry", r.sse_retry.is_some()),
                 ("max_message_bytes", r.max_message_bytes.is_some()),
                 ("max_stale", r.max_stale.is_some()),
                 ("ping_interval", r.ping_interval.is_some()),
@@ -420,6 +428,9 @@ struct PollKeys {
     idle_unsubscribe: Option<Duration>,
     max_topics: Option<usize>,
     max_held_polls: Option<usize>,
+    max_sse_streams: Option<usize>,
+    sse_heartbeat: Option<Duration>,
+    sse_retry: Option<Duration>,
     max_message_bytes: Option<usize>,
     max_stale: Option<Duration>,
     ping_interval: Option<Duration>,
@@ -536,6 +547,15 @@ fn poll_route(
             ),
         );
     }
+    // Both bound how often every open stream writes: below 100ms a heartbeat or a reconnect
+    // storm costs more than it protects.
+    let sse_heartbeat = k.sse_heartbeat.unwrap_or(DEFAULT_SSE_HEARTBEAT);
+    let sse_retry = k.sse_retry.unwrap_or(DEFAULT_SSE_RETRY);
+    for (name, d) in [("sse_heartbeat", sse_heartbeat), ("sse_retry", sse_retry)] {
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&d) {
+            p.add(&with(path, key(name)), "must be between 100ms and 1h");
+        }
+    }
     let ping_interval = k.ping_interval.unwrap_or(DEFAULT_PING_INTERVAL);
     if ping_interval < Duration::from_millis(10) {
         p.add(&with(path, key("ping_interval")), "must be at least 10ms");
@@ -620,6 +640,9 @@ fn poll_route(
         idle_unsubscribe: k.idle_unsubscribe.unwrap_or(DEFAULT_IDLE_UNSUBSCRIBE),
         max_topics: k.max_topics,
         max_held_polls: k.max_held_polls,
+        max_sse_streams: k.max_sse_streams,
+        sse_heartbeat,
+        sse_retry,
         access: access?,
         subscribe: Subscribe {
             path: sub.path,

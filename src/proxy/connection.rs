@@ -17,7 +17,7 @@ use super::forward::{self, Client};
 use super::gateway::Gateway;
 use super::handover::Handover;
 use super::log::{finish, Finished, Kind};
-use super::poll::{self, Outcome, PollRequest};
+use super::poll::{self, EventStream, Outcome, PollRequest, Step, WRITE_LIMIT};
 use super::request::{self, Parsed, RequestHead};
 use super::router::{Dispatch, RouteEntry};
 use super::state::GatewayState;
@@ -239,6 +239,10 @@ impl ConnectionApp {
                     Outcome::Forward => {
                         return self.forward(c, head, entry, keep_alive, start, None).await;
                     }
+                    Outcome::Stream(events) => {
+                        // Boxed, like a forward: held polls' futures carry no stream's state.
+                        return Box::pin(self.stream(c, head, entry, events, start)).await;
+                    }
                 };
                 let ok = wire::send_answer(c.io, c.out, &a, head.is_head(), keep_alive)
                     .await
@@ -314,6 +318,44 @@ impl ConnectionApp {
         } else {
             Served::Close
         }
+    }
+
+    /// Writes an EventSource stream until it ends: the poll core says what and when, `wire`
+    /// frames it (chunked on HTTP/1.1; HTTP/1.0 until the close). The connection closes after
+    /// it. A write that fails, or takes longer than `WRITE_LIMIT`, means the client is gone,
+    /// like the end of `client_read`.
+    async fn stream(
+        &self,
+        c: &mut Conn<'_>,
+        head: &RequestHead<'_>,
+        entry: &RouteEntry,
+        mut events: Box<EventStream>,
+        start: Instant,
+    ) -> Served {
+        let chunked = !head.http10;
+        let opening = events.opening();
+        let written = |r: Result<std::io::Result<()>, _>| matches!(r, Ok(Ok(())));
+        let head_write = wire::send_stream_head(c.io, c.out, &events.head, chunked, &opening);
+        let mut ok = written(tokio::time::timeout(WRITE_LIMIT, head_write).await);
+        while ok {
+            match events.next(client_read(c.io)).await {
+                Step::Send(bytes) => {
+                    let write = wire::send_stream_bytes(c.io, c.out, &bytes, chunked);
+                    ok = written(tokio::time::timeout(WRITE_LIMIT, write).await);
+                }
+                Step::End => {
+                    let _ =
+                        tokio::time::timeout(WRITE_LIMIT, wire::end_stream(c.io, chunked)).await;
+                    break;
+                }
+                Step::Gone => break,
+            }
+        }
+        let status = events.head.status;
+        // The slot is free before the line is logged.
+        drop(events);
+        self.finish(c, head, entry, Kind::Stream, status, start, "");
+        Served::Close
     }
 
     /// Writes an answer the gateway gives itself (404, a refused handshake).

@@ -87,6 +87,30 @@ async fn answer(session: &mut Session, ctx: &mut Ctx, a: Answer) -> pingora_erro
     Ok(true)
 }
 
+/// Writes an EventSource stream until it ends: the poll core says what and when, the session
+/// writer frames it. A write that fails, or takes longer than `WRITE_LIMIT` (pingora's own
+/// write timeout), means the client is gone, like the end of `gone`.
+async fn stream(session: &mut Session, mut events: Box<poll::EventStream>) {
+    session.set_write_timeout(Some(poll::WRITE_LIMIT));
+    let opening = events.opening();
+    let mut ok = session::send_stream_head(session, &events.head, opening)
+        .await
+        .is_ok();
+    while ok {
+        let gone = session.read_body_or_idle(true);
+        match events.next(gone).await {
+            poll::Step::Send(bytes) => {
+                ok = session::send_stream_bytes(session, bytes).await.is_ok()
+            }
+            poll::Step::End => {
+                let _ = session::end_stream(session).await;
+                break;
+            }
+            poll::Step::Gone => break,
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
@@ -223,6 +247,12 @@ impl ProxyHttp for Gateway {
                     Outcome::Forward => {
                         ctx.kind = Kind::Proxy;
                         Ok(false)
+                    }
+                    Outcome::Stream(events) => {
+                        ctx.kind = Kind::Stream;
+                        ctx.status = events.head.status;
+                        stream(session, events).await;
+                        Ok(true)
                     }
                 }
             }

@@ -15,6 +15,8 @@ pub enum Kind {
     Fallback,
     Proxy,
     WebSocket,
+    /// An EventSource stream from the cache (its duration is the stream's life).
+    Stream,
 }
 
 impl Kind {
@@ -25,6 +27,7 @@ impl Kind {
             Kind::Fallback => "fallback",
             Kind::Proxy => "proxy",
             Kind::WebSocket => "websocket",
+            Kind::Stream => "sse",
         }
     }
 }

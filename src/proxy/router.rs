@@ -207,6 +207,9 @@ fn same_poll(a: &crate::config::PollRoute, b: &crate::config::PollRoute) -> bool
         && a.first_message_wait == b.first_message_wait
         && a.max_topics == b.max_topics
         && a.max_held_polls == b.max_held_polls
+        && a.max_sse_streams == b.max_sse_streams
+        && a.sse_heartbeat == b.sse_heartbeat
+        && a.sse_retry == b.sse_retry
         && a.max_stale == b.max_stale
         && a.ping_interval == b.ping_interval
         && a.reconnect_min == b.reconnect_min

@@ -28,7 +28,11 @@ pub struct GatewayState {
 
 impl GatewayState {
     pub fn new(config: &Config) -> GatewayState {
-        let store = Store::new(config.max_topics, config.max_held_polls);
+        let store = Store::new(
+            config.max_topics,
+            config.max_held_polls,
+            config.max_sse_streams,
+        );
         let router = Router::build(config, &store, None);
         GatewayState {
             router: Arc::new(RwLock::new(Arc::new(router))),
@@ -67,8 +71,11 @@ impl GatewayState {
         for hub in old.retired_hubs(&next) {
             hub.close();
         }
-        self.store
-            .set_limits(config.max_topics, config.max_held_polls);
+        self.store.set_limits(
+            config.max_topics,
+            config.max_held_polls,
+            config.max_sse_streams,
+        );
         self.access_log.store(config.access_log, Ordering::Relaxed);
         self.fast_paths.store(config.fast_paths, Ordering::Relaxed);
         *self.limits.write() = config.limits;

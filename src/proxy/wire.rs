@@ -47,6 +47,12 @@ fn end_head_dated(out: &mut Vec<u8>, date: &[u8], keep_alive: bool) {
 
 /// The head of `a` into `out` (cleared first).
 pub fn answer_head(out: &mut Vec<u8>, a: &Answer, keep_alive: bool) {
+    answer_lines(out, a);
+    answer_end(out, a, keep_alive);
+}
+
+/// The status line and header lines of `a` into `out` (cleared first), without the end.
+fn answer_lines(out: &mut Vec<u8>, a: &Answer) {
     out.clear();
     status_line(out, a.status, None);
     if let Some(t) = a.template() {
@@ -65,6 +71,10 @@ pub fn answer_head(out: &mut Vec<u8>, a: &Answer, keep_alive: bool) {
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// `Date` (the answer's own, else now), `Connection`, the blank line.
+fn answer_end(out: &mut Vec<u8>, a: &Answer, keep_alive: bool) {
     match &a.date {
         Some(d) => end_head_dated(out, d.as_bytes(), keep_alive && !a.close),
         None => end_head(out, keep_alive && !a.close),
@@ -119,6 +129,72 @@ pub async fn send_answer(
     io.flush().await
 }
 
+/// The head of an event stream, `a`, in its framing, and the body's first bytes, in one write.
+/// `chunked` (HTTP/1.1): `Transfer-Encoding: chunked`; else (HTTP/1.0, which has no chunks)
+/// the body runs until the connection closes.
+pub async fn send_stream_head(
+    io: &mut (impl AsyncWrite + Unpin),
+    out: &mut Vec<u8>,
+    a: &Answer,
+    chunked: bool,
+    first: &[u8],
+) -> std::io::Result<()> {
+    answer_lines(out, a);
+    if chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    answer_end(out, a, false);
+    body_piece(out, first, chunked);
+    io.write_all(out).await?;
+    io.flush().await
+}
+
+/// More of an event stream's body, at once (an event is only useful on time).
+pub async fn send_stream_bytes(
+    io: &mut (impl AsyncWrite + Unpin),
+    out: &mut Vec<u8>,
+    data: &[u8],
+    chunked: bool,
+) -> std::io::Result<()> {
+    out.clear();
+    if data.len() <= COALESCE_BODY {
+        body_piece(out, data, chunked);
+        io.write_all(out).await?;
+    } else if chunked {
+        let _ = write!(out, "{:X}\r\n", data.len());
+        io.write_all(out).await?;
+        io.write_all(data).await?;
+        io.write_all(b"\r\n").await?;
+    } else {
+        io.write_all(data).await?;
+    }
+    io.flush().await
+}
+
+/// The end of an event stream's body: the last chunk (HTTP/1.1); HTTP/1.0's ends with the
+/// close.
+pub async fn end_stream(io: &mut (impl AsyncWrite + Unpin), chunked: bool) -> std::io::Result<()> {
+    if chunked {
+        io.write_all(b"0\r\n\r\n").await?;
+    }
+    io.flush().await
+}
+
+/// `data` as body bytes behind `out`: one chunk, or as it is. Never an empty chunk, which
+/// would end the body.
+fn body_piece(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
+    if data.is_empty() {
+        return;
+    }
+    if chunked {
+        let _ = write!(out, "{:X}\r\n", data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
 /// One `Name: value` line.
 pub fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
@@ -156,5 +232,44 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"));
         assert!(text.contains("\r\nX-A: 1\r\nDate: "), "{text}");
         assert!(text.ends_with("\r\nConnection: close\r\n\r\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn stream_heads_say_their_framing_and_chunks_are_never_empty() {
+        let a = Answer::new(200)
+            .header(
+                "Content-Type",
+                HeaderValue::from_static("text/event-stream"),
+            )
+            .closing(true);
+        let mut out = Vec::new();
+        let mut io = Vec::new();
+        send_stream_head(&mut io, &mut out, &a, true, b"retry: 1\n\n")
+            .await
+            .unwrap();
+        send_stream_bytes(&mut io, &mut out, b"", true)
+            .await
+            .unwrap();
+        send_stream_bytes(&mut io, &mut out, b"data: x\n\n", true)
+            .await
+            .unwrap();
+        end_stream(&mut io, true).await.unwrap();
+        let text = String::from_utf8(io).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains("\r\nTransfer-Encoding: chunked\r\nDate: "),
+            "{head}"
+        );
+        assert!(head.ends_with("\r\nConnection: close"), "{head}");
+        assert!(!head.contains("Content-Length"), "{head}");
+        assert_eq!(body, "A\r\nretry: 1\n\n\r\n9\r\ndata: x\n\n\r\n0\r\n\r\n");
+        let mut io = Vec::new();
+        send_stream_head(&mut io, &mut out, &a, false, b"retry: 1\n\n")
+            .await
+            .unwrap();
+        end_stream(&mut io, false).await.unwrap();
+        let text = String::from_utf8(io).unwrap();
+        assert!(!text.contains("Transfer-Encoding"), "{text}");
+        assert!(text.ends_with("\r\n\r\nretry: 1\n\n"), "{text}");
     }
 }

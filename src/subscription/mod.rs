@@ -79,14 +79,16 @@ impl Hub {
         }
     }
 
-    /// Drops topics no poll asked for in `idle_unsubscribe`; returns how many.
+    /// Drops topics no poll asked for in `idle_unsubscribe` and no poll or stream is waiting
+    /// on; returns how many.
     pub fn evict_idle(&self) -> usize {
         let now = self.cache.store.now_ms();
         let idle = self.poll().idle_unsubscribe.as_millis() as u64;
         let mut n = 0;
         for t in self.cache.topics() {
             let last = t.last_poll_ms.load(Ordering::Relaxed);
-            if now.saturating_sub(last) >= idle && t.held.load(Ordering::Relaxed) == 0 {
+            let readers = t.held.load(Ordering::Relaxed) + t.streams.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= idle && readers == 0 {
                 self.drop_topic(&t.name);
                 n += 1;
             }
@@ -219,6 +221,7 @@ impl Hub {
             date: pingora_core::protocols::http::date::get_cached_date(),
             gap_before,
             heads,
+            sse: Default::default(),
         });
         self.cache.metrics.messages.inc();
         true

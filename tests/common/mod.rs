@@ -9,6 +9,7 @@ pub mod deploy;
 pub mod raw_upstream;
 pub mod recorder;
 pub mod reload;
+pub mod sse;
 pub mod upstream;
 pub mod wire;
 

@@ -4,12 +4,17 @@
 //!
 //! A held poll waits here too. The path brings the one thing that differs, a future that
 //! finishes when its client hangs up (`client_gone`), and it is polled only while holding.
+//! An EventSource request gets a stream instead (`stream.rs`, events in `event.rs`), opened
+//! here after the same checks, and driven by the path until it ends.
 
+pub mod event;
 pub mod input;
+pub mod stream;
 pub mod view;
 
 pub use super::request::HeaderSource;
 pub use input::{cursor_of, etag_matches, hold_for, PollRequest};
+pub use stream::{EventStream, Step, WRITE_LIMIT};
 use view::since_body;
 
 use super::access::{AccessCache, Asker, Decision};
@@ -43,6 +48,9 @@ pub enum Outcome {
     /// The route serves from the backend (`shadow.serve: backend`): proxy this request
     /// unchanged. The topic is subscribed all the same, so the cache can be compared.
     Forward,
+    /// An EventSource stream: the path writes its head and opening, then each step until
+    /// it ends (boxed: a poll's future carries no stream's state).
+    Stream(Box<EventStream>),
 }
 
 /// A poll route's parts besides its hub.
@@ -79,9 +87,12 @@ struct Ask {
     prefer_applied: Option<u64>,
 }
 
+/// `streaming`: an EventSource request, whose place is read by `stream.rs`; only what every
+/// request must pass is checked for it here.
 fn ask<H: HeaderSource + ?Sized>(
     req: &PollRequest<'_, H>,
     poll: &PollRoute,
+    streaming: bool,
 ) -> Result<Ask, BadPoll> {
     if req.has_body {
         return Err(BadPoll::Body);
@@ -89,6 +100,15 @@ fn ask<H: HeaderSource + ?Sized>(
     // Before anything else: a refused topic never reaches a subscription, a fallback or an
     // auth request.
     let topic = crate::topic::decode(req.raw_topic)?.into_owned();
+    if streaming {
+        return Ok(Ask {
+            topic,
+            if_none_match: None,
+            cursor: None,
+            wait: Duration::ZERO,
+            prefer_applied: None,
+        });
+    }
     let if_none_match = req.if_none_match()?;
     let cursor = match poll.mode {
         Mode::Since => cursor_of(req.query, if_none_match.as_deref(), poll)?,
@@ -133,6 +153,12 @@ where
                 cors::decorate(a, c, check);
             }
         }
+        Outcome::Stream(s) => {
+            s.head.route_headers = Some(hub.poll().response_headers.clone());
+            if let Some((c, check)) = &origin {
+                cors::decorate(&mut s.head, c, check);
+            }
+        }
         Outcome::Gone | Outcome::Forward => {}
     }
     outcome
@@ -146,7 +172,8 @@ where
     let (hub, access, client) = (route.hub, route.access, route.client);
     let poll = hub.poll();
     let m = &hub.cache.metrics;
-    let ask = match ask(req, poll) {
+    let streaming = stream::wanted(req);
+    let ask = match ask(req, poll, streaming) {
         Ok(a) => a,
         Err(e) => return Outcome::Answer(Answer::error(400, &e.to_string()).closing(true)),
     };
@@ -189,18 +216,26 @@ where
     // The shadow settings come from the route's `ShadowLog`, not `poll`: a reload that changes
     // only them keeps the hub (and `poll` with it).
     if let Some(sh) = route.shadow.config() {
-        route.shadow.offer(shadow::Offer {
-            hub,
-            client: route.client,
-            topic: &ask.topic,
-            target: req.target,
-            query: req.query,
-            headers: req.headers,
-            client_ip: req.client_ip,
-        });
+        // A stream has no one answer to compare with the backend's.
+        if !streaming {
+            route.shadow.offer(shadow::Offer {
+                hub,
+                client: route.client,
+                topic: &ask.topic,
+                target: req.target,
+                query: req.query,
+                headers: req.headers,
+                client_ip: req.client_ip,
+            });
+        }
         if sh.serve_backend {
             return Outcome::Forward;
         }
+    }
+    // A stream never falls back: a cold or stale topic's stream opens and waits (with
+    // heartbeats) for what the subscription brings.
+    if streaming {
+        return stream::open(hub, &topic, req);
     }
     let (newest, state) = topic.snapshot();
     let newest = match newest {
