@@ -416,7 +416,7 @@ mod tests {
 
     #[test]
     fn streams_read_from_where_they_resume_and_continue_after_the_newest() {
-        let t = Topic::new("t", 3, 0);
+        let t = Topic::new("t", 3, 0, Default::default());
         let base = t.base_seq;
         let cold = t.after(&Resume::Newest);
         assert!(cold.messages.is_empty() && !cold.lost);
