@@ -615,6 +615,11 @@ pub async fn run(a: LongpollArgs) -> Result<serde_json::Value, String> {
         "publish_s": round3(publish_s),
         "fanout_s": round3(last_at.duration_since(publish_started).as_secs_f64()),
         "latency": lat.json(),
+        "latency_by_message": tally
+            .by_message_us
+            .iter()
+            .map(|l| summarize(l.clone()).json())
+            .collect::<Vec<_>>(),
         "server_cpu_s_during_fanout": server_cpu,
         // The kernel's share shows what a user-space change can still win.
         "server_user_s_during_fanout": server_user_sys.map(|c| c.0),

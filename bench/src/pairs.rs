@@ -27,6 +27,8 @@ pub struct Tally {
     pub unknown: u64,
     /// Publish-to-answer of every delivered pair, in microseconds.
     pub latencies_us: Vec<u64>,
+    /// The same, by message: `[i]` for message `i + 1` (which publish of a run is slow).
+    pub by_message_us: Vec<Vec<u64>>,
     /// The last delivered pair's answer.
     pub last_at: Option<Instant>,
 }
@@ -44,6 +46,7 @@ pub fn tally(clients: usize, published: &[Vec<Instant>], received: &[Received]) 
     let n = published.len();
     let mut t = Tally {
         expected: (clients * n) as u64,
+        by_message_us: vec![Vec::new(); n],
         ..Tally::default()
     };
     for r in received {
@@ -67,8 +70,9 @@ pub fn tally(clients: usize, published: &[Vec<Instant>], received: &[Received]) 
                 seen[seq] = true;
                 newest = newest.max(seq);
                 t.delivered += 1;
-                t.latencies_us
-                    .push(at.duration_since(*sent).as_micros() as u64);
+                let us = at.duration_since(*sent).as_micros() as u64;
+                t.latencies_us.push(us);
+                t.by_message_us[seq - 1].push(us);
                 t.last_at = Some(t.last_at.map_or(at, |l| l.max(at)));
             }
         }
@@ -116,6 +120,7 @@ mod tests {
         let mut l = t.latencies_us.clone();
         l.sort_unstable();
         assert_eq!(l, vec![1_000, 5_000, 10_000, 20_000]);
+        assert_eq!(t.by_message_us, vec![vec![5_000, 1_000], vec![20_000, 10_000]]);
         assert_eq!(t.last_at, Some(ms(120)));
     }
 }

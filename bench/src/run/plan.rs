@@ -22,6 +22,9 @@ pub(super) struct Plan {
     pub(super) lp_behaviour_clients: usize,
     pub(super) lp_messages: u32,
     pub(super) lp_interval_ms: u64,
+    /// Interleaved rounds of each behaviour run (pollgate, Nchan, pollgate, ...): its target
+    /// takes the median of the rounds' p99 ratios, as one run on shared cores swings by 20 %.
+    pub(super) lp_rounds: usize,
     pub(super) s4_clients: usize,
     pub(super) s4_topics: usize,
     pub(super) s4_rate: f64,
@@ -43,6 +46,7 @@ impl Plan {
                 lp_behaviour_clients: 5_000,
                 lp_messages: 8,
                 lp_interval_ms: 400,
+                lp_rounds: 3,
                 s4_clients: 1000,
                 s4_topics: 10,
                 s4_rate: 2.0,
@@ -60,6 +64,7 @@ impl Plan {
                 lp_behaviour_clients: 5_000,
                 lp_messages: 4,
                 lp_interval_ms: 400,
+                lp_rounds: 2,
                 s4_clients: 1000,
                 s4_topics: 10,
                 s4_rate: 2.0,
@@ -77,6 +82,7 @@ impl Plan {
                 lp_behaviour_clients: 20,
                 lp_messages: 2,
                 lp_interval_ms: 200,
+                lp_rounds: 1,
                 s4_clients: 0,
                 s4_topics: 0,
                 s4_rate: 0.0,
