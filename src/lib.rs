@@ -5,7 +5,8 @@
 //! - [`config`]: the YAML file (`file.rs`, serde mirror) validated into typed config
 //!   (`types.rs`); every problem carries its key path and line.
 //! - [`server`]: builds the pingora `Server` from a config: proxy service, admin service,
-//!   housekeeper; [`listen`] reserves port-0 listeners and announces the bound addresses.
+//!   housekeeper; [`listen`] reserves port-0 listeners and announces the bound addresses;
+//!   [`tls`] gives the HTTPS listener's handshakes the certificate a reload last installed.
 //! - [`proxy`]: every client request. [`proxy::connection`] owns each connection; every head is
 //!   judged by the one validator, [`proxy::request`]; [`proxy::router`] decides what the
 //!   request is ([`proxy::router::Dispatch`]); [`proxy::poll`] decides every poll's answer
@@ -59,4 +60,5 @@ pub mod proxy;
 pub mod sample_backend;
 pub mod server;
 pub mod subscription;
+pub mod tls;
 pub mod topic;

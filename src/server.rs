@@ -80,6 +80,16 @@ pub fn build(config: Config, opts: RunOptions) -> std::io::Result<Server> {
             .endpoints()
             .add_listener(l.listener().l4_buffer(buffers));
     }
+    // The same application serves both listeners: pingora hands it the stream after the TLS
+    // handshake, so every path of the connection loop works over HTTPS unchanged.
+    if let (Some(l), Some(certs)) = (&listeners.tls, state.certificates()) {
+        let settings = certs
+            .settings()
+            .map_err(|e| std::io::Error::other(format!("cannot set up the TLS listener: {e}")))?;
+        proxy
+            .endpoints()
+            .add_listener(l.listener().l4_buffer(buffers).tls(settings));
+    }
     if let Some(m) = &listeners.admin {
         let mut admin = Service::new(
             "pollgate admin".to_string(),

@@ -26,13 +26,28 @@ impl OneOrMany {
     }
 }
 
+/// The HTTPS listener: its address and its certificate, reloaded on SIGHUP.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    /// Address (`ip:port`) of the HTTPS listener.
+    pub listen: String,
+    /// PEM file: the server certificate, then any intermediate certificates.
+    pub cert: String,
+    /// PEM file: the certificate's private key.
+    pub key: String,
+}
+
 /// pollgate configuration file.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "pollgate configuration")]
 pub struct FileConfig {
-    /// Client-facing HTTP listener address (`ip:port`), or a list of them.
-    pub listen: OneOrMany,
+    /// Client-facing cleartext HTTP listener address (`ip:port`), or a list of them. May be
+    /// left out when `tls` is given.
+    pub listen: Option<OneOrMany>,
+    /// Client-facing HTTPS listener.
+    pub tls: Option<FileTls>,
     /// Admin listener: `/metrics`, `/healthz`, `/readyz`, `/topics` and the status page.
     pub metrics_listen: Option<String>,
     /// pingora worker threads (default: the number of CPUs).

@@ -2,7 +2,9 @@
 //!
 //! Built only by [`super::Config::from_yaml`], so every value here has passed validation.
 
+use crate::tls::Identity;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +43,9 @@ pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Cleartext listeners (may be empty when `tls` is set).
     pub listen: Vec<String>,
+    pub tls: Option<TlsListener>,
     pub metrics_listen: Option<String>,
     pub server: ServerOptions,
     pub max_topics: usize,
@@ -56,6 +60,16 @@ pub struct Config {
     pub limits: Limits,
     pub upstreams: Vec<Arc<Upstream>>,
     pub routes: Vec<Route>,
+}
+
+/// The HTTPS listener.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub listen: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The files' certificate and key, read and checked at validation.
+    pub identity: Arc<Identity>,
 }
 
 /// Process-wide caps and request-size limits.

@@ -1,12 +1,16 @@
 //! File types to typed config: every problem is collected, each with its key path.
 
 use super::answering;
-use super::file::{FileAccess, FileConfig, FileReconnect, FileRoute, FileSubscribe, FileUpstream};
+use super::file::{
+    FileAccess, FileConfig, FileReconnect, FileRoute, FileSubscribe, FileTls, FileUpstream,
+};
 use super::locate::Seg;
 use super::problems::{key, with, Problem, Problems};
 use super::types::*;
+use crate::tls::{Identity, Part};
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,9 +21,17 @@ pub fn validate(
 ) -> Result<Config, Vec<Problem>> {
     let mut p = Problems::default();
 
-    let listen = file.listen.into_vec();
-    if listen.is_empty() {
-        p.add(&[key("listen")], "at least one address is required");
+    let listen_given = file.listen.is_some();
+    let listen = file.listen.map(|l| l.into_vec()).unwrap_or_default();
+    if listen.is_empty() && (listen_given || file.tls.is_none()) {
+        p.add(
+            &[key("listen")],
+            if listen_given {
+                "at least one address is required"
+            } else {
+                "a `listen` address or a `tls` listener is required"
+            },
+        );
     }
     for (i, addr) in listen.iter().enumerate() {
         let path = if listen.len() == 1 {
@@ -45,6 +57,9 @@ pub fn validate(
             Ok(_) => {}
         }
     }
+    let tls = file
+        .tls
+        .and_then(|t| tls_listener(t, &listen, &file.metrics_listen, &mut p));
     let threads = file.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -135,6 +150,7 @@ pub fn validate(
     }
     Ok(Config {
         listen,
+        tls,
         metrics_listen: file.metrics_listen,
         server: ServerOptions {
             threads,
@@ -681,4 +697,55 @@ pub fn expand_env(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The HTTPS listener: its address, and its certificate and key, which are read here so that
+/// `-t` and a reload refuse files that would fail every handshake.
+fn tls_listener(
+    t: FileTls,
+    listen: &[String],
+    metrics_listen: &Option<String>,
+    p: &mut Problems,
+) -> Option<TlsListener> {
+    let at = |k: &str| vec![key("tls"), key(k)];
+    let before = p.0.len();
+    match t.listen.parse::<SocketAddr>() {
+        Err(_) => p.add(
+            &at("listen"),
+            format!("`{}` is not an ip:port address", t.listen),
+        ),
+        Ok(a) if a.port() != 0 && listen.contains(&t.listen) => p.add(
+            &at("listen"),
+            "must differ from every `listen` address (one port speaks one protocol)",
+        ),
+        Ok(a) if a.port() != 0 && metrics_listen.as_ref() == Some(&t.listen) => p.add(
+            &at("listen"),
+            "must differ from `metrics_listen` (admin endpoints are never public)",
+        ),
+        Ok(_) => {}
+    }
+    let cert = PathBuf::from(&t.cert);
+    let key_path = PathBuf::from(&t.key);
+    let identity = match Identity::load(&cert, &key_path) {
+        Ok(identity) => Some(Arc::new(identity)),
+        Err(problems) => {
+            for (part, message) in problems {
+                let k = match part {
+                    Part::Cert => "cert",
+                    Part::Key => "key",
+                };
+                p.add(&at(k), message);
+            }
+            None
+        }
+    };
+    if p.0.len() > before {
+        return None;
+    }
+    Some(TlsListener {
+        listen: t.listen,
+        cert,
+        key: key_path,
+        identity: identity?,
+    })
 }
