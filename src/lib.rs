@@ -24,6 +24,8 @@
 //! - [`subscription`]: a [`subscription::Hub`] per poll route owns its cache and the upstream
 //!   WebSocket clients that feed it (one socket per topic or one shared socket), reconnecting
 //!   with jittered backoff.
+//! - [`connect`]: every connection to a backend (pingora's connector; TLS with OpenSSL when an
+//!   upstream has `tls`), for the proxy paths and the subscriptions (`wss://`) alike.
 //! - [`limits`]: counting caps (connections, tunnels, topics, held polls) with RAII slots.
 //! - [`background`]: evicts idle topics, reloads on SIGHUP, answers held polls on shutdown.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/topics` and a status page on
@@ -51,6 +53,7 @@ pub mod admin;
 pub mod background;
 pub mod cache;
 pub mod config;
+pub mod connect;
 pub mod demo;
 pub mod limits;
 pub mod listen;

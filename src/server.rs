@@ -65,6 +65,7 @@ pub fn build(config: Config, opts: RunOptions) -> std::io::Result<Server> {
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
+    crate::connect::warn_unverified(&config.upstreams);
     let state = GatewayState::new(&config);
     let proxy_app = pingora_proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
     let mut proxy = Service::new(

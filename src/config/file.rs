@@ -122,6 +122,30 @@ pub struct FileUpstream {
     /// Reuse idle connections to this upstream (default true); false opens one connection per
     /// request and asks the upstream to close it.
     pub keepalive: Option<bool>,
+    /// Reach this upstream over TLS (`https://`, `wss://`): `true` verifies its certificate
+    /// against the system's roots, a map sets the name, the roots and verification.
+    pub tls: Option<FileUpstreamTls>,
+}
+
+/// An upstream's TLS: `true`/`false`, or the settings.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FileUpstreamTls {
+    On(bool),
+    Settings(FileUpstreamTlsSettings),
+}
+
+/// TLS settings of an upstream.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstreamTlsSettings {
+    /// Server name sent (SNI) and required in the certificate (default: `host`, else the
+    /// address's host).
+    pub sni: Option<String>,
+    /// PEM file of the certificate authorities to trust instead of the system's.
+    pub ca: Option<String>,
+    /// Verify the upstream's certificate and name (default true). `false` is for tests only.
+    pub verify: Option<bool>,
 }
 
 /// A route: `prefix` (proxied) or `path` with `{topic}` and `subscribe` (a poll route).

@@ -3,6 +3,7 @@
 //! Built only by [`super::Config::from_yaml`], so every value here has passed validation.
 
 use crate::tls::Identity;
+use pingora_core::tls::x509::X509;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -122,6 +123,18 @@ pub struct Upstream {
     /// Idle connections to this upstream are pooled and reused (off: one connection per
     /// request, for backends whose framing cannot be trusted across requests).
     pub keepalive: bool,
+    /// Reached over TLS (`https://`, `wss://`) when set.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How an upstream's TLS is set up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    /// Sent as SNI and checked against the certificate.
+    pub sni: String,
+    /// Roots to trust instead of the system's (read from `ca` at load time).
+    pub ca: Option<Arc<Box<[X509]>>>,
+    pub verify: bool,
 }
 
 #[derive(Debug, Clone)]

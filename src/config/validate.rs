@@ -3,11 +3,13 @@
 use super::answering;
 use super::file::{
     FileAccess, FileConfig, FileReconnect, FileRoute, FileSubscribe, FileTls, FileUpstream,
+    FileUpstreamTls, FileUpstreamTlsSettings,
 };
 use super::locate::Seg;
 use super::problems::{key, with, Problem, Problems};
 use super::types::*;
 use crate::tls::{Identity, Part};
+use pingora_core::tls::x509::X509;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -233,7 +235,19 @@ fn upstream(name: &str, u: FileUpstream, path: &[Seg], p: &mut Problems) -> Opti
         idle_timeout: nonzero(u.idle_timeout, DEFAULT_IDLE_TIMEOUT),
         websocket_idle_timeout: nonzero(u.websocket_idle_timeout, DEFAULT_WEBSOCKET_IDLE_TIMEOUT),
         keepalive: u.keepalive.unwrap_or(true),
+        tls: None,
     };
+    let tls = match u.tls {
+        None | Some(FileUpstreamTls::On(false)) => None,
+        Some(FileUpstreamTls::On(true)) => Some(FileUpstreamTlsSettings {
+            sni: None,
+            ca: None,
+            verify: None,
+        }),
+        Some(FileUpstreamTls::Settings(s)) => Some(s),
+    };
+    let tls = tls.and_then(|t| upstream_tls(t, &out, &with(path, key("tls")), p));
+    let out = Upstream { tls, ..out };
     for (k, d) in [
         ("connect_timeout", out.connect_timeout),
         ("read_timeout", out.read_timeout),
@@ -245,6 +259,61 @@ fn upstream(name: &str, u: FileUpstream, path: &[Seg], p: &mut Problems) -> Opti
         }
     }
     Some(out)
+}
+
+/// An upstream's TLS: the name to ask for (SNI, and what the certificate must name) and the
+/// roots, read now so that `-t` and a reload refuse a CA file that would fail every connect.
+fn upstream_tls(
+    t: FileUpstreamTlsSettings,
+    up: &Upstream,
+    path: &[Seg],
+    p: &mut Problems,
+) -> Option<UpstreamTls> {
+    let sni = t
+        .sni
+        .or_else(|| up.host.clone())
+        .unwrap_or_else(|| host_of(&up.address).to_string());
+    if sni.is_empty() {
+        p.add(&with(path, key("sni")), "must not be empty");
+        return None;
+    }
+    let ca = match t.ca {
+        None => None,
+        Some(file) => match std::fs::read(&file) {
+            Err(e) => {
+                p.add(&with(path, key("ca")), format!("cannot read {file}: {e}"));
+                return None;
+            }
+            Ok(pem) => match X509::stack_from_pem(&pem) {
+                Ok(certs) if !certs.is_empty() => Some(Arc::new(certs.into_boxed_slice())),
+                Ok(_) => {
+                    p.add(
+                        &with(path, key("ca")),
+                        format!("{file} holds no PEM certificate"),
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    p.add(
+                        &with(path, key("ca")),
+                        format!("{file} is not a PEM certificate list: {e}"),
+                    );
+                    return None;
+                }
+            },
+        },
+    };
+    Some(UpstreamTls {
+        sni,
+        ca,
+        verify: t.verify.unwrap_or(true),
+    })
+}
+
+/// The host part of `host:port` (`[v6]:port` included).
+fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 fn route(

@@ -330,6 +330,7 @@ mod tests {
             idle_timeout: crate::config::DEFAULT_IDLE_TIMEOUT,
             websocket_idle_timeout: crate::config::DEFAULT_WEBSOCKET_IDLE_TIMEOUT,
             keepalive: true,
+            tls: None,
         }
     }
 

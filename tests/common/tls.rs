@@ -162,3 +162,149 @@ where
         }
     }
 }
+
+/// A backend reached over TLS only: WebSocket subscriptions (`wss://`) on `/ws/...` paths
+/// fed by [`TlsUpstream::publish`], and plain HTTPS answers (`200`, body `https:PATH`) for
+/// every other request.
+pub struct TlsUpstream {
+    pub addr: SocketAddr,
+    state: std::sync::Arc<TlsUpstreamState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct TlsUpstreamState {
+    latest: parking_lot::Mutex<std::collections::HashMap<String, String>>,
+    news: parking_lot::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<(String, String)>>>,
+    /// Paths of the plain HTTPS requests, in order.
+    http: parking_lot::Mutex<Vec<String>>,
+    /// Handshakes completed.
+    handshakes: std::sync::atomic::AtomicUsize,
+}
+
+impl Drop for TlsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TlsUpstream {
+    /// Serves `cert` (PEM chain) with `key` on a port the kernel picks.
+    pub async fn start(cert: &ServerCert, ca: &TestCa) -> TlsUpstream {
+        use openssl::ssl::{SslAcceptor, SslFiletype};
+        let dir = super::scratch_dir();
+        let (cert_path, key_path) = cert.write(&dir, ca);
+        let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+        b.set_certificate_chain_file(&cert_path).unwrap();
+        b.set_private_key_file(&key_path, SslFiletype::PEM).unwrap();
+        let acceptor = std::sync::Arc::new(b.build());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = std::sync::Arc::new(TlsUpstreamState::default());
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
+                    let mut s = SslStream::new(ssl, tcp).unwrap();
+                    if Pin::new(&mut s).accept().await.is_err() {
+                        return;
+                    }
+                    state
+                        .handshakes
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    serve_tls_connection(s, state).await;
+                });
+            }
+        });
+        TlsUpstream { addr, state, task }
+    }
+
+    /// Sends `text` to every subscriber of `path`, and to later ones first.
+    pub fn publish(&self, path: &str, text: &str) {
+        self.state
+            .latest
+            .lock()
+            .insert(path.to_string(), text.to_string());
+        self.state
+            .news
+            .lock()
+            .retain(|tx| tx.send((path.to_string(), text.to_string())).is_ok());
+    }
+
+    pub fn http_paths(&self) -> Vec<String> {
+        self.state.http.lock().clone()
+    }
+
+    pub fn handshakes(&self) -> usize {
+        self.state
+            .handshakes
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+async fn serve_tls_connection(
+    mut s: SslStream<TcpStream>,
+    state: std::sync::Arc<TlsUpstreamState>,
+) {
+    use futures_util::SinkExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
+    loop {
+        let mut buf = Vec::new();
+        let head = loop {
+            let mut chunk = [0u8; 2048];
+            let n = match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break String::from_utf8_lossy(&buf[..end]).into_owned();
+            }
+        };
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+        if let Some(key) = super::header_of(&head, "sec-websocket-key") {
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                derive_accept_key(key.as_bytes())
+            );
+            if s.write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let first = {
+                let mut news = state.news.lock();
+                news.push(tx);
+                state.latest.lock().get(&path).cloned()
+            };
+            let mut ws =
+                tokio_tungstenite::WebSocketStream::from_raw_socket(s, Role::Server, None).await;
+            if let Some(text) = first {
+                if ws.send(Message::text(text)).await.is_err() {
+                    return;
+                }
+            }
+            while let Some((p, text)) = rx.recv().await {
+                if p == path && ws.send(Message::text(text)).await.is_err() {
+                    return;
+                }
+            }
+            return;
+        }
+        state.http.lock().push(path.clone());
+        let body = format!("https:{path}");
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if s.write_all(resp.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
