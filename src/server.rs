@@ -8,6 +8,7 @@ use crate::listen::Listeners;
 use crate::proxy::connection::ConnectionApp;
 use crate::proxy::{Gateway, GatewayState};
 use pingora_core::apps::http_app::HttpServer;
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
@@ -67,10 +68,16 @@ pub fn build(config: Config, opts: RunOptions) -> std::io::Result<Server> {
 
     crate::connect::warn_unverified(&config.upstreams);
     let state = GatewayState::new(&config);
-    let proxy_app = pingora_proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
+    let mut proxy_app =
+        pingora_proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
+    if config.h2c {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        proxy_app.server_options = Some(options);
+    }
     let mut proxy = Service::new(
         "pollgate proxy".to_string(),
-        ConnectionApp::new(proxy_app, state.clone()),
+        ConnectionApp::new(proxy_app, state.clone(), config.h2c),
     );
     let buffers = L4BufferSettings::new(
         config.limits.client_read_buffer_bytes,

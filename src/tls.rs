@@ -145,10 +145,10 @@ impl Certificates {
     }
 
     /// pingora's settings for the TLS listener: Mozilla's intermediate profile, the
-    /// certificate from this slot at each handshake, and ALPN `http/1.1`.
+    /// certificate from this slot at each handshake, and ALPN `h2` preferred to `http/1.1`.
     pub fn settings(&self) -> pingora_core::Result<TlsSettings> {
         let mut settings = TlsSettings::with_callbacks(Box::new(self.clone()))?;
-        settings.set_alpn(pingora_core::listeners::ALPN::H1);
+        settings.enable_h2();
         Ok(settings)
     }
 }

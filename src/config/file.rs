@@ -48,6 +48,9 @@ pub struct FileConfig {
     pub listen: Option<OneOrMany>,
     /// Client-facing HTTPS listener.
     pub tls: Option<FileTls>,
+    /// Accept prior-knowledge cleartext HTTP/2 (h2c) on the `listen` addresses beside HTTP/1.1
+    /// (default false).
+    pub h2c: Option<bool>,
     /// Admin listener: `/metrics`, `/healthz`, `/readyz`, `/topics` and the status page.
     pub metrics_listen: Option<String>,
     /// pingora worker threads (default: the number of CPUs).

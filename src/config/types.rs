@@ -47,6 +47,8 @@ pub struct Config {
     /// Cleartext listeners (may be empty when `tls` is set).
     pub listen: Vec<String>,
     pub tls: Option<TlsListener>,
+    /// Prior-knowledge cleartext HTTP/2 on the `listen` addresses.
+    pub h2c: bool,
     pub metrics_listen: Option<String>,
     pub server: ServerOptions,
     pub max_topics: usize,

@@ -153,6 +153,7 @@ pub fn validate(
     Ok(Config {
         listen,
         tls,
+        h2c: file.h2c.unwrap_or(false),
         metrics_listen: file.metrics_listen,
         server: ServerOptions {
             threads,

@@ -6,6 +6,7 @@
 
 pub mod chromium;
 pub mod deploy;
+pub mod http2;
 pub mod raw_upstream;
 pub mod recorder;
 pub mod reload;
