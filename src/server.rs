@@ -67,6 +67,9 @@ pub fn build(config: Config, opts: RunOptions) -> std::io::Result<Server> {
     server.bootstrap();
 
     crate::connect::warn_unverified(&config.upstreams);
+    // Built now, before the first subscription or request needs it: its TLS context reads the
+    // system's root store, which should not delay a cold topic's first poll.
+    crate::connect::connector();
     let state = GatewayState::new(&config);
     let mut proxy_app =
         pingora_proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));

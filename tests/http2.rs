@@ -152,6 +152,13 @@ async fn every_poll_kind_and_a_proxy_route_work_over_h2_with_alpn() {
         (200, "proxied /other?x=1"),
         "{r:?}"
     );
+    let seen = up.http_requests();
+    let other = seen.iter().find(|r| r.target == "/other?x=1").unwrap();
+    assert_eq!(
+        other.header("x-forwarded-proto"),
+        Some("https"),
+        "{other:?}"
+    );
 
     // HTTP/1.1 clients still get HTTP/1.1 on the same TLS listener.
     let mut s = ca.connect(gw.tls.unwrap(), b"\x08http/1.1").await;

@@ -290,3 +290,54 @@ routes:
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn websocket_tunnels_and_request_bodies_pass_over_https() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let up = Upstream::start().await;
+    up.on_http(|r| Reply::ok(&format!("got {} bytes", r.body.len())));
+    let (gw, ca, _dir) = start(&up).await;
+    let tls = gw.tls.unwrap();
+
+    // A WebSocket upgrade on an HTTP/1.1 TLS connection is tunnelled to the backend.
+    let s = ca.connect(tls, b"\x08http/1.1").await;
+    let (mut ws, resp) = tokio_tungstenite::client_async("wss://127.0.0.1/echo", s)
+        .await
+        .unwrap_or_else(|e| panic!("handshake: {e}\n{}", gw.log()));
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("over tls")).await.unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+        .await
+        .expect("an echo")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Message::text("over tls"));
+
+    // A request with a body goes through pingora's proxy, over the same TLS connection kind.
+    let r = ca
+        .client()
+        .post(https(&gw, "/upload"))
+        .body("x".repeat(5000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "got 5000 bytes");
+
+    // Forwarded requests say how the client came: https from the TLS listener (the body above
+    // through pingora's proxy, a bodiless GET through the connection loop's forward path),
+    // http from the cleartext one.
+    let r = ca.client().get(https(&gw, "/plain")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(get_with(gw.addr, "/clear", &[]).await.status, 200);
+    let proto = |target: &str| {
+        up.http_requests()
+            .iter()
+            .find(|r| r.target == target)
+            .and_then(|r| r.header("x-forwarded-proto").map(str::to_string))
+    };
+    assert_eq!(proto("/upload").as_deref(), Some("https"));
+    assert_eq!(proto("/plain").as_deref(), Some("https"));
+    assert_eq!(proto("/clear").as_deref(), Some("http"));
+}

@@ -83,13 +83,14 @@ impl ConnectionApp {
         ServerApp::process_new(&self.proxy, io, shutdown).await;
     }
 
-    /// `buf`: bytes of the first request already read (by the h2c check).
+    /// `buf`: bytes of the first request already read (by the h2c check); sized by what the
+    /// client sent (see `read_more`): a held poll keeps its head here.
     async fn serve(&self, mut io: Stream, mut buf: BytesMut, shutdown: &ShutdownWatch) {
         let accepted = tokio::time::Instant::now();
         let limits = self.state.limits();
         let mut drain = shutdown.clone();
-        // Sized by what the client sent (see `read_more`): a held poll keeps its head here.
         let mut out = Vec::new();
+        let https = io.get_ssl().is_some();
         // Counted from the accept: idle keep-alive connections and tunnels included.
         let Some(slot) = limits::try_take(&self.state.connections, limits.max_connections) else {
             self.refuse(&mut io, &mut buf, &mut out, &mut drain, accepted)
@@ -135,6 +136,7 @@ impl ConnectionApp {
                                 out: &mut out,
                                 pipelined: &mut pipelined,
                                 ip,
+                                https,
                                 ip_text: &mut ip_text,
                                 client: &client,
                                 draining: *shutdown.borrow(),
@@ -239,6 +241,7 @@ impl ConnectionApp {
                     query: head.query,
                     headers: head,
                     client_ip: c.ip,
+                    https: c.https,
                     cors: entry.route.cors.as_deref(),
                 };
                 let parts = poll::RouteParts {
@@ -318,6 +321,7 @@ impl ConnectionApp {
             ip: c
                 .ip
                 .map(|ip| c.ip_text.get_or_insert_with(|| ip.to_string()).as_str()),
+            https: c.https,
             keep_alive,
             cors: origin,
         };
@@ -505,6 +509,8 @@ struct Conn<'a> {
     out: &'a mut Vec<u8>,
     pipelined: &'a mut BytesMut,
     ip: Option<IpAddr>,
+    /// The connection is TLS.
+    https: bool,
     /// `ip` as text, once a forward has needed it.
     ip_text: &'a mut Option<String>,
     client: &'a Option<String>,
