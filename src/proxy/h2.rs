@@ -175,3 +175,65 @@ impl GetSocketDigest for Replay {
 // which is only set when `h2c: true` sent the connection here.
 #[async_trait]
 impl Peek for Replay {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    /// The server side of a loopback connection whose client sends `bytes` (then closes when
+    /// `close`).
+    async fn opened_with(bytes: &'static [u8], close: bool) -> (Stream, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        // Two writes (often two reads): the check must not take a first part for the whole.
+        let (a, b) = bytes.split_at(bytes.len() / 2);
+        c.write_all(a).await.unwrap();
+        c.flush().await.unwrap();
+        c.write_all(b).await.unwrap();
+        if close {
+            c.shutdown().await.unwrap();
+        }
+        let s: pingora_core::protocols::l4::stream::Stream = s.into();
+        (Box::new(s), c)
+    }
+
+    #[tokio::test]
+    async fn the_preface_is_http2_and_anything_else_is_handed_back_whole() {
+        let mut preface = PREFACE.to_vec();
+        preface.extend_from_slice(b"\x00\x00\x00\x04");
+        let bytes: &'static [u8] = preface.leak();
+        let (mut s, _c) = opened_with(bytes, false).await;
+        match sniff(&mut s, Duration::from_secs(5)).await {
+            Opening::H2(read) => assert!(read.starts_with(PREFACE), "{read:?}"),
+            _ => panic!("the preface was not recognised"),
+        }
+
+        // HTTP/1 differs at once; what was read goes back to the loop.
+        let (mut s, _c) = opened_with(b"GET / HTTP/1.1\r\n\r\n", false).await;
+        match sniff(&mut s, Duration::from_secs(5)).await {
+            Opening::H1(read) => assert!(
+                b"GET / HTTP/1.1\r\n\r\n".starts_with(&read) && !read.is_empty(),
+                "{read:?}"
+            ),
+            _ => panic!("an HTTP/1 request was not handed back"),
+        }
+        // Even one that begins like the preface (`PRI` is a valid HTTP/1 method name).
+        let (mut s, _c) = opened_with(b"PRI /x HTTP/1.1\r\n\r\n", false).await;
+        assert!(matches!(
+            sniff(&mut s, Duration::from_secs(5)).await,
+            Opening::H1(_)
+        ));
+
+        // A client that stops inside the preface is gone.
+        let (mut s, _c) = opened_with(b"PRI * HTTP/2.0\r\n", true).await;
+        assert!(matches!(
+            sniff(&mut s, Duration::from_secs(5)).await,
+            Opening::Gone
+        ));
+    }
+}
