@@ -9,6 +9,7 @@ use crate::proxy::connection::ConnectionApp;
 use crate::proxy::{Gateway, GatewayState};
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
+use pingora_core::protocols::http::v2::server::default_h2_options;
 use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
@@ -73,6 +74,11 @@ pub fn build(config: Config, opts: RunOptions) -> std::io::Result<Server> {
     let state = GatewayState::new(&config);
     let mut proxy_app =
         pingora_proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
+    // HTTP/2 heads are decoded by pingora's h2 server, not the HTTP/1.1 validator: the same
+    // size limit, as a decoded header-list size (pingora's other bounds kept: 100 streams).
+    let mut h2 = default_h2_options();
+    h2.max_header_list_size(config.limits.max_request_header_bytes as u32);
+    proxy_app.h2_options = Some(h2);
     if config.h2c {
         let mut options = HttpServerOptions::default();
         options.h2c = true;

@@ -212,3 +212,24 @@ async fn rst_stream_frees_a_held_poll_and_the_connection_carries_on() {
     let r = get(&conn, "/api/prices/btc", &[]).await;
     assert_eq!((r.status, r.body.as_str()), (200, "v1"), "{r:?}");
 }
+
+#[tokio::test]
+async fn a_head_over_max_request_header_bytes_is_refused_and_the_connection_carries_on() {
+    let up = Upstream::start().await;
+    up.publish("/ws/prices/btc", "v1");
+    let (gw, _ca) = start_gateway(&up).await;
+    let conn = h2c(gw.addr).await;
+    // The default max_request_header_bytes is 32768.
+    let big = "x".repeat(40_000);
+    let (resp, _send) = start(&conn, "/api/prices/btc", &[("x-big", &big)]).await;
+    match tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("an answer or a reset")
+    {
+        Ok(r) => assert_eq!(r.status(), 431, "{r:?}"),
+        Err(e) => assert!(e.is_reset() || e.is_remote(), "{e:?}"),
+    }
+    assert_eq!(up.http_requests().len(), 0);
+    let r = get(&conn, "/api/prices/btc", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "v1"), "{r:?}");
+}
