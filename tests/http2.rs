@@ -233,3 +233,29 @@ async fn a_head_over_max_request_header_bytes_is_refused_and_the_connection_carr
     let r = get(&conn, "/api/prices/btc", &[]).await;
     assert_eq!((r.status, r.body.as_str()), (200, "v1"), "{r:?}");
 }
+
+#[tokio::test]
+async fn shutdown_answers_held_polls_on_an_h2_connection() {
+    let up = Upstream::start().await;
+    up.publish("/ws/prices/btc", "v1");
+    let (mut gw, ca) = start_gateway(&up).await;
+    let conn = h2_tls(&ca, gw.tls.unwrap()).await;
+    let etag = get(&conn, "/api/prices/btc", &[])
+        .await
+        .header("etag")
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(start(&conn, "/api/prices/btc", &[("if-none-match", &etag)]).await);
+    }
+    gw.wait_metric(HELD, |v| v == 5.0).await;
+    gw.signal("TERM");
+    for (resp, _send) in held {
+        let r = read(resp).await;
+        assert_eq!(r.status, 304, "{r:?}");
+    }
+    let code = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
