@@ -180,3 +180,16 @@ routes:
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn https_connections_to_the_backend_are_reused() {
+    let (up, _ca, dir) = backend().await;
+    let gw = Gateway::start(&config(&up, &verified(&dir))).await;
+    for i in 0..5 {
+        let r = get_with(gw.addr, &format!("/r{i}"), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.head);
+    }
+    // One handshake for the five requests (the pool keeps the TLS connection between them).
+    assert_eq!(up.http_paths().len(), 5);
+    assert_eq!(up.handshakes(), 1);
+}
