@@ -106,6 +106,7 @@ pub fn build(config: Config, opts: RunOptions) -> std::io::Result<Server> {
         proxy
             .endpoints()
             .add_listener(l.listener().l4_buffer(buffers).tls(settings));
+        tracing::info!(serial = %certs.current().serial(), "TLS certificate loaded");
     }
     if let Some(m) = &listeners.admin {
         let mut admin = Service::new(

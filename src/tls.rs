@@ -76,12 +76,12 @@ impl Identity {
                 }
             },
         };
-        let (Some(chain), Some(key_)) = (chain, private) else {
+        let (Some(chain), Some(private)) = (chain, private) else {
             return Err(problems);
         };
         let matches = chain[0]
             .public_key()
-            .map(|public| public.public_eq(&key_))
+            .map(|public| public.public_eq(&private))
             .unwrap_or(false);
         if !matches {
             return Err(vec![(
@@ -93,7 +93,10 @@ impl Identity {
                 ),
             )]);
         }
-        Ok(Identity { chain, key: key_ })
+        Ok(Identity {
+            chain,
+            key: private,
+        })
     }
 
     /// The leaf's serial number in hex, for logs.

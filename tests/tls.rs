@@ -196,7 +196,15 @@ async fn sighup_serves_a_new_certificate_and_keeps_open_connections() {
     poller.0.store(true, std::sync::atomic::Ordering::Relaxed);
     let answers = poller.1.await.unwrap();
     assert!(answers > 0);
-    assert!(gw.log().contains("TLS certificate loaded"), "{}", gw.log());
+    let log = gw.log();
+    let loaded: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("TLS certificate loaded"))
+        .collect();
+    assert!(
+        loaded.len() == 2 && loaded[0].contains("serial=01") && loaded[1].contains("serial=02"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
