@@ -24,6 +24,7 @@ impl Housekeeper {
         };
         match Config::load(path) {
             Ok(config) => {
+                crate::connect::warn_unverified(&config.upstreams);
                 self.state.apply(&config);
                 METRICS.config_reloads.with_label_values(&["success"]).inc();
                 tracing::info!(path = %path.display(), "configuration reloaded");

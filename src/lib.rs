@@ -5,7 +5,8 @@
 //! - [`config`]: the YAML file (`file.rs`, serde mirror) validated into typed config
 //!   (`types.rs`); every problem carries its key path and line.
 //! - [`server`]: builds the pingora `Server` from a config: proxy service, admin service,
-//!   housekeeper; [`listen`] reserves port-0 listeners and announces the bound addresses.
+//!   housekeeper; [`listen`] reserves port-0 listeners and announces the bound addresses;
+//!   [`tls`] gives the HTTPS listener's handshakes the certificate a reload last installed.
 //! - [`proxy`]: every client request. [`proxy::connection`] owns each connection; every head is
 //!   judged by the one validator, [`proxy::request`]; [`proxy::router`] decides what the
 //!   request is ([`proxy::router::Dispatch`]); [`proxy::poll`] decides every poll's answer
@@ -23,6 +24,8 @@
 //! - [`subscription`]: a [`subscription::Hub`] per poll route owns its cache and the upstream
 //!   WebSocket clients that feed it (one socket per topic or one shared socket), reconnecting
 //!   with jittered backoff.
+//! - [`connect`]: every connection to a backend (pingora's connector; TLS with OpenSSL when an
+//!   upstream has `tls`), for the proxy paths and the subscriptions (`wss://`) alike.
 //! - [`limits`]: counting caps (connections, tunnels, topics, held polls) with RAII slots.
 //! - [`background`]: evicts idle topics, reloads on SIGHUP, answers held polls on shutdown.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/topics` and a status page on
@@ -50,6 +53,7 @@ pub mod admin;
 pub mod background;
 pub mod cache;
 pub mod config;
+pub mod connect;
 pub mod demo;
 pub mod limits;
 pub mod listen;
@@ -59,4 +63,5 @@ pub mod proxy;
 pub mod sample_backend;
 pub mod server;
 pub mod subscription;
+pub mod tls;
 pub mod topic;

@@ -81,6 +81,8 @@ impl Endpoint {
 pub struct Listeners {
     /// `listen`, in config order.
     pub proxy: Vec<Endpoint>,
+    /// `tls.listen`.
+    pub tls: Option<Endpoint>,
     /// `metrics_listen`.
     pub admin: Option<Endpoint>,
 }
@@ -96,26 +98,36 @@ impl Listeners {
             .iter()
             .map(|l| Endpoint::resolve(l).map_err(|e| name(l, e)))
             .collect::<Result<Vec<_>, _>>()?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| Endpoint::resolve(&t.listen).map_err(|e| name(&t.listen, e)))
+            .transpose()?;
         let admin = config
             .metrics_listen
             .as_deref()
             .map(|m| Endpoint::resolve(m).map_err(|e| name(m, e)))
             .transpose()?;
-        Ok(Listeners { proxy, admin })
+        Ok(Listeners { proxy, tls, admin })
     }
 
-    /// The addresses the public listeners bind.
+    /// The addresses the public listeners bind, the TLS one last.
     pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
-        self.proxy.iter().map(|e| e.addr).collect()
+        self.proxy.iter().chain(&self.tls).map(|e| e.addr).collect()
     }
 
     /// Whether any port was picked by the kernel.
     pub fn any_picked(&self) -> bool {
-        self.proxy.iter().chain(&self.admin).any(|e| e.picked)
+        self.proxy
+            .iter()
+            .chain(&self.tls)
+            .chain(&self.admin)
+            .any(|e| e.picked)
     }
 
     /// The start-up line tools read the addresses from (documented in docs/operations.md; its
-    /// wording is a contract): `listening proxy=ADDR[,ADDR...] [admin=ADDR]`.
+    /// wording is a contract): `listening proxy=ADDR[,ADDR...] [admin=ADDR] [tls=ADDR]`, with
+    /// `proxy=` left out when there is no cleartext listener.
     pub fn announce(&self) {
         let proxy = self
             .proxy
@@ -123,10 +135,19 @@ impl Listeners {
             .map(|e| e.addr.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        match &self.admin {
-            Some(admin) => tracing::info!(proxy = %proxy, admin = %admin.addr, "listening"),
-            None => tracing::info!(proxy = %proxy, "listening"),
+        let proxy = (!proxy.is_empty()).then_some(proxy);
+        let admin = self.admin.as_ref().map(|e| e.addr.to_string());
+        let tls = self.tls.as_ref().map(|e| e.addr.to_string());
+        // tracing prints a field only when present, in the order written here.
+        fn show(v: &Option<String>) -> Option<tracing::field::DisplayValue<&str>> {
+            v.as_deref().map(tracing::field::display)
         }
+        tracing::info!(
+            proxy = show(&proxy),
+            admin = show(&admin),
+            tls = show(&tls),
+            "listening"
+        );
     }
 }
 

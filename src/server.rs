@@ -8,6 +8,8 @@ use crate::listen::Listeners;
 use crate::proxy::connection::ConnectionApp;
 use crate::proxy::{Gateway, GatewayState};
 use pingora_core::apps::http_app::HttpServer;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::protocols::http::v2::server::default_h2_options;
 use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
@@ -65,11 +67,26 @@ pub fn build(config: Config, opts: RunOptions) -> std::io::Result<Server> {
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
+    crate::connect::warn_unverified(&config.upstreams);
+    // Built now, before the first subscription or request needs it: its TLS context reads the
+    // system's root store, which should not delay a cold topic's first poll.
+    crate::connect::connector();
     let state = GatewayState::new(&config);
-    let proxy_app = pingora_proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
+    let mut proxy_app =
+        pingora_proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
+    // HTTP/2 heads are decoded by pingora's h2 server, not the HTTP/1.1 validator: the same
+    // size limit, as a decoded header-list size (pingora's other bounds kept: 100 streams).
+    let mut h2 = default_h2_options();
+    h2.max_header_list_size(config.limits.max_request_header_bytes as u32);
+    proxy_app.h2_options = Some(h2);
+    if config.h2c {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        proxy_app.server_options = Some(options);
+    }
     let mut proxy = Service::new(
         "pollgate proxy".to_string(),
-        ConnectionApp::new(proxy_app, state.clone()),
+        ConnectionApp::new(proxy_app, state.clone(), config.h2c),
     );
     let buffers = L4BufferSettings::new(
         config.limits.client_read_buffer_bytes,
@@ -79,6 +96,17 @@ pub fn build(config: Config, opts: RunOptions) -> std::io::Result<Server> {
         proxy
             .endpoints()
             .add_listener(l.listener().l4_buffer(buffers));
+    }
+    // The same application serves both listeners: pingora hands it the stream after the TLS
+    // handshake, so every path of the connection loop works over HTTPS unchanged.
+    if let (Some(l), Some(certs)) = (&listeners.tls, state.certificates()) {
+        let settings = certs
+            .settings()
+            .map_err(|e| std::io::Error::other(format!("cannot set up the TLS listener: {e}")))?;
+        proxy
+            .endpoints()
+            .add_listener(l.listener().l4_buffer(buffers).tls(settings));
+        tracing::info!(serial = %certs.current().serial(), "TLS certificate loaded");
     }
     if let Some(m) = &listeners.admin {
         let mut admin = Service::new(

@@ -26,13 +26,31 @@ impl OneOrMany {
     }
 }
 
+/// The HTTPS listener: its address and its certificate, reloaded on SIGHUP.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    /// Address (`ip:port`) of the HTTPS listener.
+    pub listen: String,
+    /// PEM file: the server certificate, then any intermediate certificates.
+    pub cert: String,
+    /// PEM file: the certificate's private key.
+    pub key: String,
+}
+
 /// pollgate configuration file.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "pollgate configuration")]
 pub struct FileConfig {
-    /// Client-facing HTTP listener address (`ip:port`), or a list of them.
-    pub listen: OneOrMany,
+    /// Client-facing cleartext HTTP listener address (`ip:port`), or a list of them. May be
+    /// left out when `tls` is given.
+    pub listen: Option<OneOrMany>,
+    /// Client-facing HTTPS listener.
+    pub tls: Option<FileTls>,
+    /// Accept prior-knowledge cleartext HTTP/2 (h2c) on the `listen` addresses beside HTTP/1.1
+    /// (default false).
+    pub h2c: Option<bool>,
     /// Admin listener: `/metrics`, `/healthz`, `/readyz`, `/topics` and the status page.
     pub metrics_listen: Option<String>,
     /// pingora worker threads (default: the number of CPUs).
@@ -107,6 +125,30 @@ pub struct FileUpstream {
     /// Reuse idle connections to this upstream (default true); false opens one connection per
     /// request and asks the upstream to close it.
     pub keepalive: Option<bool>,
+    /// Reach this upstream over TLS (`https://`, `wss://`): `true` verifies its certificate
+    /// against the system's roots, a map sets the name, the roots and verification.
+    pub tls: Option<FileUpstreamTls>,
+}
+
+/// An upstream's TLS: `true`/`false`, or the settings.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FileUpstreamTls {
+    On(bool),
+    Settings(FileUpstreamTlsSettings),
+}
+
+/// TLS settings of an upstream.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstreamTlsSettings {
+    /// Server name sent (SNI) and required in the certificate (default: `host`, else the
+    /// address's host).
+    pub sni: Option<String>,
+    /// PEM file of the certificate authorities to trust instead of the system's.
+    pub ca: Option<String>,
+    /// Verify the upstream's certificate and name (default true). `false` is for tests only.
+    pub verify: Option<bool>,
 }
 
 /// A route: `prefix` (proxied) or `path` with `{topic}` and `subscribe` (a poll route).

@@ -541,6 +541,39 @@ routes:
         assert!(err[0].starts_with("listen: `nowhere` is not an ip:port address (line 2)"));
     }
 
+    #[test]
+    fn a_listener_is_required_and_tls_files_are_checked() {
+        let y = r#"
+upstreams:
+  b: { address: "127.0.0.1:1" }
+routes:
+  - { name: d, prefix: "/", upstream: b }
+"#;
+        let err = Config::from_yaml(y, &no_env).unwrap_err().problems();
+        assert_eq!(
+            err,
+            vec!["listen: a `listen` address or a `tls` listener is required"]
+        );
+        let with_tls = format!(
+            "tls: {{ listen: \"127.0.0.1:8080\", cert: /nonexistent/c.pem, key: /nonexistent/k.pem }}{y}"
+        );
+        let err = Config::from_yaml(&with_tls, &no_env)
+            .unwrap_err()
+            .problems();
+        assert_eq!(err.len(), 2, "{err:#?}");
+        assert!(
+            err[0].starts_with("tls.cert: cannot read /nonexistent/c.pem"),
+            "{err:#?}"
+        );
+        assert!(
+            err[1].starts_with("tls.key: cannot read /nonexistent/k.pem"),
+            "{err:#?}"
+        );
+        let clash = with_tls.replace("tls: {", "listen: \"127.0.0.1:8080\"\ntls: {");
+        let err = Config::from_yaml(&clash, &no_env).unwrap_err().problems();
+        assert!(err[0].starts_with("tls.listen: must differ"), "{err:#?}");
+    }
+
     const POLL: &str = r#"
 listen: "127.0.0.1:8080"
 upstreams:

@@ -2,7 +2,10 @@
 //!
 //! Built only by [`super::Config::from_yaml`], so every value here has passed validation.
 
+use crate::tls::Identity;
+use pingora_core::tls::x509::X509;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +44,11 @@ pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Cleartext listeners (may be empty when `tls` is set).
     pub listen: Vec<String>,
+    pub tls: Option<TlsListener>,
+    /// Prior-knowledge cleartext HTTP/2 on the `listen` addresses.
+    pub h2c: bool,
     pub metrics_listen: Option<String>,
     pub server: ServerOptions,
     pub max_topics: usize,
@@ -56,6 +63,16 @@ pub struct Config {
     pub limits: Limits,
     pub upstreams: Vec<Arc<Upstream>>,
     pub routes: Vec<Route>,
+}
+
+/// The HTTPS listener.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub listen: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The files' certificate and key, read and checked at validation.
+    pub identity: Arc<Identity>,
 }
 
 /// Process-wide caps and request-size limits.
@@ -108,6 +125,18 @@ pub struct Upstream {
     /// Idle connections to this upstream are pooled and reused (off: one connection per
     /// request, for backends whose framing cannot be trusted across requests).
     pub keepalive: bool,
+    /// Reached over TLS (`https://`, `wss://`) when set.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How an upstream's TLS is set up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    /// Sent as SNI and checked against the certificate.
+    pub sni: String,
+    /// Roots to trust instead of the system's (read from `ca` at load time).
+    pub ca: Option<Arc<Box<[X509]>>>,
+    pub verify: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -1,12 +1,18 @@
 //! File types to typed config: every problem is collected, each with its key path.
 
 use super::answering;
-use super::file::{FileAccess, FileConfig, FileReconnect, FileRoute, FileSubscribe, FileUpstream};
+use super::file::{
+    FileAccess, FileConfig, FileReconnect, FileRoute, FileSubscribe, FileTls, FileUpstream,
+    FileUpstreamTls, FileUpstreamTlsSettings,
+};
 use super::locate::Seg;
 use super::problems::{key, with, Problem, Problems};
 use super::types::*;
+use crate::tls::{Identity, Part};
+use pingora_core::tls::x509::X509;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,9 +23,17 @@ pub fn validate(
 ) -> Result<Config, Vec<Problem>> {
     let mut p = Problems::default();
 
-    let listen = file.listen.into_vec();
-    if listen.is_empty() {
-        p.add(&[key("listen")], "at least one address is required");
+    let listen_given = file.listen.is_some();
+    let listen = file.listen.map(|l| l.into_vec()).unwrap_or_default();
+    if listen.is_empty() && (listen_given || file.tls.is_none()) {
+        p.add(
+            &[key("listen")],
+            if listen_given {
+                "at least one address is required"
+            } else {
+                "a `listen` address or a `tls` listener is required"
+            },
+        );
     }
     for (i, addr) in listen.iter().enumerate() {
         let path = if listen.len() == 1 {
@@ -45,6 +59,9 @@ pub fn validate(
             Ok(_) => {}
         }
     }
+    let tls = file
+        .tls
+        .and_then(|t| tls_listener(t, &listen, &file.metrics_listen, &mut p));
     let threads = file.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -135,6 +152,8 @@ pub fn validate(
     }
     Ok(Config {
         listen,
+        tls,
+        h2c: file.h2c.unwrap_or(false),
         metrics_listen: file.metrics_listen,
         server: ServerOptions {
             threads,
@@ -217,7 +236,19 @@ fn upstream(name: &str, u: FileUpstream, path: &[Seg], p: &mut Problems) -> Opti
         idle_timeout: nonzero(u.idle_timeout, DEFAULT_IDLE_TIMEOUT),
         websocket_idle_timeout: nonzero(u.websocket_idle_timeout, DEFAULT_WEBSOCKET_IDLE_TIMEOUT),
         keepalive: u.keepalive.unwrap_or(true),
+        tls: None,
     };
+    let tls = match u.tls {
+        None | Some(FileUpstreamTls::On(false)) => None,
+        Some(FileUpstreamTls::On(true)) => Some(FileUpstreamTlsSettings {
+            sni: None,
+            ca: None,
+            verify: None,
+        }),
+        Some(FileUpstreamTls::Settings(s)) => Some(s),
+    };
+    let tls = tls.and_then(|t| upstream_tls(t, &out, &with(path, key("tls")), p));
+    let out = Upstream { tls, ..out };
     for (k, d) in [
         ("connect_timeout", out.connect_timeout),
         ("read_timeout", out.read_timeout),
@@ -229,6 +260,61 @@ fn upstream(name: &str, u: FileUpstream, path: &[Seg], p: &mut Problems) -> Opti
         }
     }
     Some(out)
+}
+
+/// An upstream's TLS: the name to ask for (SNI, and what the certificate must name) and the
+/// roots, read now so that `-t` and a reload refuse a CA file that would fail every connect.
+fn upstream_tls(
+    t: FileUpstreamTlsSettings,
+    up: &Upstream,
+    path: &[Seg],
+    p: &mut Problems,
+) -> Option<UpstreamTls> {
+    let sni = t
+        .sni
+        .or_else(|| up.host.clone())
+        .unwrap_or_else(|| host_of(&up.address).to_string());
+    if sni.is_empty() {
+        p.add(&with(path, key("sni")), "must not be empty");
+        return None;
+    }
+    let ca = match t.ca {
+        None => None,
+        Some(file) => match std::fs::read(&file) {
+            Err(e) => {
+                p.add(&with(path, key("ca")), format!("cannot read {file}: {e}"));
+                return None;
+            }
+            Ok(pem) => match X509::stack_from_pem(&pem) {
+                Ok(certs) if !certs.is_empty() => Some(Arc::new(certs.into_boxed_slice())),
+                Ok(_) => {
+                    p.add(
+                        &with(path, key("ca")),
+                        format!("{file} holds no PEM certificate"),
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    p.add(
+                        &with(path, key("ca")),
+                        format!("{file} is not a PEM certificate list: {e}"),
+                    );
+                    return None;
+                }
+            },
+        },
+    };
+    Some(UpstreamTls {
+        sni,
+        ca,
+        verify: t.verify.unwrap_or(true),
+    })
+}
+
+/// The host part of `host:port` (`[v6]:port` included).
+fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 fn route(
@@ -681,4 +767,55 @@ pub fn expand_env(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The HTTPS listener: its address, and its certificate and key, which are read here so that
+/// `-t` and a reload refuse files that would fail every handshake.
+fn tls_listener(
+    t: FileTls,
+    listen: &[String],
+    metrics_listen: &Option<String>,
+    p: &mut Problems,
+) -> Option<TlsListener> {
+    let at = |k: &str| vec![key("tls"), key(k)];
+    let before = p.0.len();
+    match t.listen.parse::<SocketAddr>() {
+        Err(_) => p.add(
+            &at("listen"),
+            format!("`{}` is not an ip:port address", t.listen),
+        ),
+        Ok(a) if a.port() != 0 && listen.contains(&t.listen) => p.add(
+            &at("listen"),
+            "must differ from every `listen` address (one port speaks one protocol)",
+        ),
+        Ok(a) if a.port() != 0 && metrics_listen.as_ref() == Some(&t.listen) => p.add(
+            &at("listen"),
+            "must differ from `metrics_listen` (admin endpoints are never public)",
+        ),
+        Ok(_) => {}
+    }
+    let cert = PathBuf::from(&t.cert);
+    let key_path = PathBuf::from(&t.key);
+    let identity = match Identity::load(&cert, &key_path) {
+        Ok(identity) => Some(Arc::new(identity)),
+        Err(problems) => {
+            for (part, message) in problems {
+                let k = match part {
+                    Part::Cert => "cert",
+                    Part::Key => "key",
+                };
+                p.add(&at(k), message);
+            }
+            None
+        }
+    };
+    if p.0.len() > before {
+        return None;
+    }
+    Some(TlsListener {
+        listen: t.listen,
+        cert,
+        key: key_path,
+        identity: identity?,
+    })
 }

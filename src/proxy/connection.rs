@@ -21,7 +21,7 @@ use super::poll::{self, EventStream, Outcome, PollRequest, Step, WRITE_LIMIT};
 use super::request::{self, Parsed, RequestHead};
 use super::router::{Dispatch, RouteEntry};
 use super::state::GatewayState;
-use super::{cors, handshake, wire};
+use super::{cors, h2, handshake, wire};
 use crate::limits;
 use crate::metrics::METRICS;
 use async_trait::async_trait;
@@ -43,6 +43,8 @@ const READ_CHUNK: usize = 1024;
 pub struct ConnectionApp {
     proxy: Arc<HttpProxy<Gateway>>,
     state: GatewayState,
+    /// `h2c: true`: a cleartext connection that opens with the HTTP/2 preface is HTTP/2.
+    h2c: bool,
 }
 
 /// What became of one request.
@@ -57,20 +59,38 @@ enum Served {
 }
 
 impl ConnectionApp {
-    pub fn new(proxy: HttpProxy<Gateway>, state: GatewayState) -> ConnectionApp {
+    /// `proxy` must have pingora's `h2c` server option set when `h2c` is.
+    pub fn new(proxy: HttpProxy<Gateway>, state: GatewayState, h2c: bool) -> ConnectionApp {
         ConnectionApp {
             proxy: Arc::new(proxy),
             state,
+            h2c,
         }
     }
 
-    async fn serve(&self, mut io: Stream, shutdown: &ShutdownWatch) {
+    /// An HTTP/2 connection: pingora's HTTP/2 server, every stream a request to the Gateway.
+    /// It holds one connection slot for its life, like an HTTP/1.1 connection; beyond
+    /// `max_connections` it is closed before the HTTP/2 handshake.
+    async fn serve_h2(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) {
+        let limits = self.state.limits();
+        let Some(_slot) = limits::try_take(&self.state.connections, limits.max_connections) else {
+            METRICS
+                .rejected
+                .with_label_values(&["none", "max_connections"])
+                .inc();
+            return;
+        };
+        ServerApp::process_new(&self.proxy, io, shutdown).await;
+    }
+
+    /// `buf`: bytes of the first request already read (by the h2c check); sized by what the
+    /// client sent (see `read_more`): a held poll keeps its head here.
+    async fn serve(&self, mut io: Stream, mut buf: BytesMut, shutdown: &ShutdownWatch) {
         let accepted = tokio::time::Instant::now();
         let limits = self.state.limits();
         let mut drain = shutdown.clone();
-        // Sized by what the client sent (see `read_more`): a held poll keeps its head here.
-        let mut buf = BytesMut::new();
         let mut out = Vec::new();
+        let https = io.get_ssl().is_some();
         // Counted from the accept: idle keep-alive connections and tunnels included.
         let Some(slot) = limits::try_take(&self.state.connections, limits.max_connections) else {
             self.refuse(&mut io, &mut buf, &mut out, &mut drain, accepted)
@@ -116,6 +136,7 @@ impl ConnectionApp {
                                 out: &mut out,
                                 pipelined: &mut pipelined,
                                 ip,
+                                https,
                                 ip_text: &mut ip_text,
                                 client: &client,
                                 draining: *shutdown.borrow(),
@@ -220,6 +241,7 @@ impl ConnectionApp {
                     query: head.query,
                     headers: head,
                     client_ip: c.ip,
+                    https: c.https,
                     cors: entry.route.cors.as_deref(),
                 };
                 let parts = poll::RouteParts {
@@ -299,6 +321,7 @@ impl ConnectionApp {
             ip: c
                 .ip
                 .map(|ip| c.ip_text.get_or_insert_with(|| ip.to_string()).as_str()),
+            https: c.https,
             keep_alive,
             cors: origin,
         };
@@ -486,6 +509,8 @@ struct Conn<'a> {
     out: &'a mut Vec<u8>,
     pipelined: &'a mut BytesMut,
     ip: Option<IpAddr>,
+    /// The connection is TLS.
+    https: bool,
     /// `ip` as text, once a forward has needed it.
     ip_text: &'a mut Option<String>,
     client: &'a Option<String>,
@@ -496,10 +521,27 @@ struct Conn<'a> {
 impl ServerApp for ConnectionApp {
     async fn process_new(
         self: &Arc<Self>,
-        stream: Stream,
+        mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        self.serve(stream, shutdown).await;
+        if h2::negotiated(&stream) {
+            self.serve_h2(stream, shutdown).await;
+            return None;
+        }
+        let mut first = BytesMut::new();
+        if self.h2c && stream.get_ssl().is_none() {
+            let limit = self.state.limits().header_read_timeout;
+            match h2::sniff(&mut stream, limit).await {
+                h2::Opening::H2(preface) => {
+                    let replay: Stream = Box::new(h2::Replay::new(stream, preface));
+                    self.serve_h2(replay, shutdown).await;
+                    return None;
+                }
+                h2::Opening::H1(read) => first = read,
+                h2::Opening::Gone => return None,
+            }
+        }
+        self.serve(stream, first, shutdown).await;
         None
     }
 

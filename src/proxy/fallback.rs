@@ -65,6 +65,7 @@ pub struct Ask<'a, H: HeaderSource + ?Sized> {
     pub target: &'a str,
     pub headers: &'a H,
     pub client_ip: Option<IpAddr>,
+    pub https: bool,
     pub head_only: bool,
     pub if_none_match: Option<&'a str>,
 }
@@ -163,6 +164,7 @@ fn request<H: HeaderSource + ?Sized>(ask: &Ask<'_, H>, up: &Upstream) -> Option<
         lines,
         ask.headers.values("connection"),
         ip.as_deref(),
+        ask.https,
         false,
         up,
     )

@@ -51,6 +51,8 @@ pub struct Client<'a> {
     pub pipelined: &'a mut BytesMut,
     /// The client's address as text (`X-Forwarded-For`).
     pub ip: Option<&'a str>,
+    /// The client came over TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
     /// The client may keep the connection (it asked to, and the server is not draining).
     pub keep_alive: bool,
     /// A route with `cors`: its rules and the request's origin (the backend's CORS headers are
@@ -177,6 +179,7 @@ async fn exchange(
             head.headers.iter().map(|h| (h.name.as_bytes(), h.value)),
             head.values("connection"),
             c.ip,
+            c.https,
             up,
         );
         // pingora's stream may buffer writes: the flush sends them.

@@ -72,6 +72,12 @@ fn target_of(req: &RequestHeader) -> (&str, &str, Option<&str>) {
     }
 }
 
+/// Whether the client came over TLS (HTTP/2 by ALPN, or HTTP/1.1 handed over by the
+/// connection loop, whose `Handover` passes the TLS digest on).
+fn over_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
 /// Whether the request carries a body (declared length above zero, or chunked).
 fn has_body(req: &RequestHeader) -> bool {
     req.headers.contains_key(http::header::TRANSFER_ENCODING)
@@ -223,6 +229,7 @@ impl ProxyHttp for Gateway {
                         .client_addr()
                         .and_then(|a| a.as_inet())
                         .map(|a| a.ip()),
+                    https: over_tls(session),
                     cors: entry.route.cors.as_deref(),
                 };
                 let parts = poll::RouteParts {
@@ -315,6 +322,7 @@ impl ProxyHttp for Gateway {
                 .iter()
                 .map(|v| v.as_bytes()),
             client.as_deref(),
+            over_tls(session),
             ctx.kind == Kind::WebSocket,
             up,
         );

@@ -134,7 +134,21 @@ impl UniqueID for Handover {
     }
 }
 
-impl Ssl for Handover {}
+// Passed on, so that pingora's session knows the client came over TLS (its digest, and
+// `X-Forwarded-Proto: https`).
+impl Ssl for Handover {
+    fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<pingora_core::protocols::ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
 
 impl GetTimingDigest for Handover {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {

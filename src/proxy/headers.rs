@@ -61,7 +61,8 @@ pub fn response_too_large(resp: &ResponseHeader) -> bool {
 /// Applies the upstream request rule to the client's header lines, in their order, and emits
 /// the lines the upstream gets: hop-by-hop lines (and those `Connection` lists) are left out,
 /// `X-Forwarded-For` gets the client's address appended, `X-Forwarded-Host` (the client's
-/// `Host`), `X-Forwarded-Proto` and `Via` are pollgate's own, and the upstream's configured
+/// `Host`), `X-Forwarded-Proto` (`https` when the client came over TLS) and `Via` are
+/// pollgate's own, and the upstream's configured
 /// `host` replaces the client's. A client that sent no `Host` (HTTP/1.0) gets the upstream's
 /// address, since the upstream hop is HTTP/1.1. `upgrade`: a WebSocket handshake being passed
 /// through (its `Upgrade` stays, `Connection: upgrade`); an upstream with `keepalive: false` is
@@ -74,6 +75,7 @@ pub fn upstream_lines<'l, 'c>(
     lines: impl Iterator<Item = (&'l [u8], &'l [u8])>,
     connection: impl Iterator<Item = &'c [u8]>,
     client_ip: Option<&str>,
+    https: bool,
     upgrade: bool,
     up: &Upstream,
     mut emit: impl FnMut(&[u8], &[u8]),
@@ -125,7 +127,10 @@ pub fn upstream_lines<'l, 'c>(
     if let Some(h) = host {
         emit(b"X-Forwarded-Host", h);
     }
-    emit(b"X-Forwarded-Proto", b"http");
+    emit(
+        b"X-Forwarded-Proto",
+        if https { b"https".as_slice() } else { b"http" },
+    );
     match via {
         Some(mut prev) => {
             prev.extend_from_slice(b", ");
@@ -155,12 +160,13 @@ pub fn upstream_request<'l, 'c>(
     lines: impl Iterator<Item = (&'l [u8], &'l [u8])>,
     connection: impl Iterator<Item = &'c [u8]>,
     client_ip: Option<&str>,
+    https: bool,
     upgrade: bool,
     up: &Upstream,
 ) -> Option<RequestHeader> {
     let mut req = RequestHeader::build(method, target, Some(16)).ok()?;
     let mut ok = true;
-    upstream_lines(lines, connection, client_ip, upgrade, up, |n, v| {
+    upstream_lines(lines, connection, client_ip, https, upgrade, up, |n, v| {
         let value = HeaderValue::from_bytes(v);
         ok &= match value {
             Ok(v) => req.append_header(Bytes::copy_from_slice(n), v).is_ok(),
@@ -174,6 +180,7 @@ pub fn upstream_request<'l, 'c>(
 /// [`upstream_lines`] as the bytes pingora's client would write for the same request
 /// (`METHOD TARGET HTTP/1.1`, the lines, the blank line): pollgate's forward path writes them
 /// itself.
+#[allow(clippy::too_many_arguments)]
 pub fn write_upstream_request<'l, 'c>(
     out: &mut Vec<u8>,
     method: &str,
@@ -181,6 +188,7 @@ pub fn write_upstream_request<'l, 'c>(
     lines: impl Iterator<Item = (&'l [u8], &'l [u8])>,
     connection: impl Iterator<Item = &'c [u8]>,
     client_ip: Option<&str>,
+    https: bool,
     up: &Upstream,
 ) {
     out.clear();
@@ -188,7 +196,7 @@ pub fn write_upstream_request<'l, 'c>(
     out.push(b' ');
     out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    upstream_lines(lines, connection, client_ip, false, up, |n, v| {
+    upstream_lines(lines, connection, client_ip, https, false, up, |n, v| {
         out.extend_from_slice(n);
         out.extend_from_slice(b": ");
         out.extend_from_slice(v);
@@ -330,6 +338,7 @@ mod tests {
             idle_timeout: crate::config::DEFAULT_IDLE_TIMEOUT,
             websocket_idle_timeout: crate::config::DEFAULT_WEBSOCKET_IDLE_TIMEOUT,
             keepalive: true,
+            tls: None,
         }
     }
 
@@ -360,6 +369,7 @@ mod tests {
             l.iter().copied(),
             conn.iter().copied(),
             ip,
+            false,
             false,
             &up(),
         )
@@ -393,6 +403,7 @@ mod tests {
             l.iter().copied(),
             conn.iter().copied(),
             ip,
+            false,
             &up(),
         );
         let wire = pingora_core::protocols::http::v1::client::http_req_header_to_wire(&r).unwrap();
@@ -408,11 +419,13 @@ mod tests {
             l.into_iter(),
             std::iter::empty(),
             None,
+            true,
             false,
             &up(),
         )
         .unwrap();
         assert_eq!(r.headers["host"], "up:1");
+        assert_eq!(r.headers["x-forwarded-proto"], "https");
         assert!(!r.headers.contains_key("x-forwarded-host"));
         assert_eq!(r.version, http::Version::HTTP_11);
     }

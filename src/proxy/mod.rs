@@ -23,6 +23,7 @@ pub mod cors;
 pub mod fallback;
 pub mod forward;
 pub mod gateway;
+pub mod h2;
 pub mod handover;
 pub mod handshake;
 pub mod headers;

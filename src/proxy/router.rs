@@ -80,7 +80,8 @@ impl Router {
                 let hub = r.poll.as_ref().map(|poll| match old.get(&*r.name) {
                     Some(h)
                         if same_poll(&h.cache.poll, poll)
-                            && h.upstream.socket_addr == r.upstream.socket_addr =>
+                            && h.upstream.socket_addr == r.upstream.socket_addr
+                            && h.upstream.tls == r.upstream.tls =>
                     {
                         (*h).clone()
                     }

@@ -50,6 +50,7 @@ pub struct Offer<'a, H: HeaderSource + ?Sized> {
     pub query: Option<&'a str>,
     pub headers: &'a H,
     pub client_ip: Option<IpAddr>,
+    pub https: bool,
 }
 
 /// One poll route's shadow verification in one config generation: its `shadow` settings and
@@ -172,6 +173,7 @@ impl ShadowLog {
             query: offer.query.map(str::to_string),
             headers: Headers::copy(offer.headers),
             client_ip: offer.client_ip,
+            https: offer.https,
         };
         rt.spawn(job.run());
     }
@@ -344,6 +346,7 @@ struct Job {
     query: Option<String>,
     headers: Headers,
     client_ip: Option<IpAddr>,
+    https: bool,
 }
 
 impl Drop for Job {
@@ -363,6 +366,7 @@ impl Job {
             target: &self.target,
             headers: &self.headers,
             client_ip: self.client_ip,
+            https: self.https,
             head_only: false,
             if_none_match: None,
         };

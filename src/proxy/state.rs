@@ -6,6 +6,7 @@ use super::router::Router;
 use super::upstream::UpstreamClient;
 use crate::cache::Store;
 use crate::config::{Config, Limits};
+use crate::tls::Certificates;
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub struct GatewayState {
     /// WebSocket tunnels across all routes.
     pub(super) websockets: Arc<AtomicUsize>,
     pub client: Arc<UpstreamClient>,
+    /// The TLS listener's certificate (`None` without a `tls` listener).
+    certificates: Option<Certificates>,
 }
 
 impl GatewayState {
@@ -43,11 +46,19 @@ impl GatewayState {
             connections: Arc::new(AtomicUsize::new(0)),
             websockets: Arc::new(AtomicUsize::new(0)),
             client: Arc::new(UpstreamClient::default()),
+            certificates: config
+                .tls
+                .as_ref()
+                .map(|t| Certificates::new(t.identity.clone())),
         }
     }
 
     pub fn router(&self) -> Arc<Router> {
         self.router.read().clone()
+    }
+
+    pub fn certificates(&self) -> Option<&Certificates> {
+        self.certificates.as_ref()
     }
 
     pub fn limits(&self) -> Limits {
@@ -80,5 +91,18 @@ impl GatewayState {
         self.fast_paths.store(config.fast_paths, Ordering::Relaxed);
         *self.limits.write() = config.limits;
         *self.router.write() = next;
+        match (&self.certificates, &config.tls) {
+            (Some(certs), Some(tls)) => {
+                certs.replace(tls.identity.clone());
+                tracing::info!(serial = %tls.identity.serial(), cert = %tls.cert.display(), "TLS certificate loaded");
+            }
+            (None, Some(_)) => {
+                tracing::warn!("a `tls` listener added by a reload starts only with a restart")
+            }
+            (Some(_), None) => tracing::warn!(
+                "the `tls` listener removed by a reload keeps serving until a restart"
+            ),
+            (None, None) => {}
+        }
     }
 }

@@ -14,10 +14,8 @@
 use crate::config::Upstream;
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::http::v1::client::HttpSession;
 use pingora_core::protocols::Stream;
-use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -26,33 +24,12 @@ use std::time::Instant;
 const MAX_IDLE: usize = 256;
 
 /// Connections to every upstream. One lives in the gateway state for the process's life.
+#[derive(Default)]
 pub struct UpstreamClient {
-    connector: TransportConnector,
     idle: DashMap<SocketAddr, Mutex<Vec<(Stream, Instant)>>>,
 }
 
-impl Default for UpstreamClient {
-    fn default() -> Self {
-        UpstreamClient {
-            connector: TransportConnector::new(None),
-            idle: DashMap::new(),
-        }
-    }
-}
-
-/// The peer for a request to `up` (`tunnel`: a WebSocket handshake, idle for longer).
-pub fn peer(up: &Upstream, tunnel: bool) -> HttpPeer {
-    let mut peer = HttpPeer::new(up.socket_addr, false, String::new());
-    peer.options.connection_timeout = Some(up.connect_timeout);
-    peer.options.read_timeout = Some(if tunnel {
-        up.websocket_idle_timeout
-    } else {
-        up.read_timeout
-    });
-    peer.options.write_timeout = Some(up.write_timeout);
-    peer.options.idle_timeout = Some(up.idle_timeout);
-    peer
-}
+pub use crate::connect::peer;
 
 impl UpstreamClient {
     /// A connection to `up`: an idle one when one is usable, else a new one. `.1`: it was
@@ -61,9 +38,7 @@ impl UpstreamClient {
         if let Some(s) = self.take_idle(up) {
             return Ok((s, true));
         }
-        let stream = self
-            .connector
-            .new_stream(&peer(up, false))
+        let stream = crate::connect::stream(up, false)
             .await
             .map_err(|e| Failure::of(&e))?;
         Ok((stream, false))

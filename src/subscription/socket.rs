@@ -1,8 +1,8 @@
 //! Opening an upstream WebSocket for a subscription.
 
 use crate::config::Upstream;
+use pingora_core::protocols::Stream;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -49,11 +49,8 @@ pub fn read_fault(e: &WsError) -> ReadFault {
 pub enum ConnectError {
     #[error("connect to {0} timed out")]
     Timeout(String),
-    #[error("connect to {addr}: {source}")]
-    Tcp {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
     #[error("bad subscription request: {0}")]
     Request(String),
     #[error("WebSocket handshake with {addr}{path} failed: {reason}")]
@@ -64,7 +61,8 @@ pub enum ConnectError {
     },
 }
 
-pub type Socket = WebSocketStream<TcpStream>;
+/// A subscription: TCP, or TLS when the upstream has `tls` (pingora's stream either way).
+pub type Socket = WebSocketStream<Stream>;
 
 /// Opens a subscription socket whose frames are limited by the route's `max_message_bytes`.
 pub async fn connect(
@@ -73,16 +71,21 @@ pub async fn connect(
     headers: &[(String, String)],
     max_message_bytes: usize,
 ) -> Result<Socket, ConnectError> {
-    let tcp = tokio::time::timeout(up.connect_timeout, TcpStream::connect(up.socket_addr))
-        .await
-        .map_err(|_| ConnectError::Timeout(up.address.clone()))?
-        .map_err(|source| ConnectError::Tcp {
-            addr: up.address.clone(),
-            source,
-        })?;
-    let _ = tcp.set_nodelay(true);
+    // pingora's connector (TCP with nodelay, then TLS when the upstream has it, all within
+    // `connect_timeout`), so `wss://` is the same OpenSSL and settings as `https://`.
+    let io = crate::connect::stream(up, true).await.map_err(|e| {
+        if e.etype() == &pingora_error::ErrorType::ConnectTimedout {
+            ConnectError::Timeout(up.address.clone())
+        } else {
+            ConnectError::Connect {
+                addr: up.address.clone(),
+                reason: e.to_string(),
+            }
+        }
+    })?;
     let host = up.host.as_deref().unwrap_or(&up.address);
-    let mut req = format!("ws://{host}{path}")
+    let scheme = if up.tls.is_some() { "wss" } else { "ws" };
+    let mut req = format!("{scheme}://{host}{path}")
         .into_client_request()
         .map_err(|e| ConnectError::Request(e.to_string()))?;
     for (k, v) in headers {
@@ -99,7 +102,7 @@ pub async fn connect(
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
-    let handshake = tokio_tungstenite::client_async_with_config(req, tcp, Some(config));
+    let handshake = tokio_tungstenite::client_async_with_config(req, io, Some(config));
     let (ws, _resp) =
         tokio::time::timeout(up.connect_timeout.max(Duration::from_secs(1)), handshake)
             .await

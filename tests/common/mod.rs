@@ -6,10 +6,12 @@
 
 pub mod chromium;
 pub mod deploy;
+pub mod http2;
 pub mod raw_upstream;
 pub mod recorder;
 pub mod reload;
 pub mod sse;
+pub mod tls;
 pub mod upstream;
 pub mod wire;
 
@@ -78,6 +80,8 @@ pub struct Gateway {
     pub child: Option<Child>,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The HTTPS listener, when the config has `tls` (its `listen` may say `{tls}`).
+    pub tls: Option<SocketAddr>,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     pub dir: PathBuf,
@@ -136,6 +140,31 @@ pub fn listening_addresses(log: &str) -> Option<(Vec<SocketAddr>, Option<SocketA
     None
 }
 
+/// The HTTPS listener's address in pollgate's start-up line (`tls=ADDR`, or the `tls` field in
+/// JSON).
+pub fn tls_address(log: &str) -> Option<SocketAddr> {
+    for line in log
+        .split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+    {
+        if line.starts_with('{') {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if v["message"] == "listening" {
+                return v["tls"].as_str()?.parse().ok();
+            }
+        } else if line.contains(" listening ") {
+            return line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("tls="))?
+                .parse()
+                .ok();
+        }
+    }
+    None
+}
+
 impl Gateway {
     /// Starts the gateway with `config` (a template with `{listen}`/`{admin}`), learns its
     /// addresses from its start-up line and waits until `/readyz` answers 200.
@@ -150,7 +179,8 @@ impl Gateway {
         let config_path = dir.join("pollgate.yaml");
         let text = config
             .replace("{listen}", "127.0.0.1:0")
-            .replace("{admin}", "127.0.0.1:0");
+            .replace("{admin}", "127.0.0.1:0")
+            .replace("{tls}", "127.0.0.1:0");
         std::fs::write(&config_path, text).unwrap();
         let log_path = dir.join("pollgate.log");
         let log = std::fs::File::create(&log_path).unwrap();
@@ -193,10 +223,12 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        let tls = tls_address(&read_log());
         let mut gw = Gateway {
             child: Some(child),
             addr,
             admin,
+            tls,
             config_path,
             log_path,
             dir,

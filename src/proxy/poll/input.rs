@@ -20,6 +20,8 @@ pub struct PollRequest<'a, H: HeaderSource + ?Sized> {
     pub query: Option<&'a str>,
     pub headers: &'a H,
     pub client_ip: Option<IpAddr>,
+    /// The client came over TLS (`X-Forwarded-Proto: https` on fallbacks).
+    pub https: bool,
     /// The route's cross-origin rules.
     pub cors: Option<&'a crate::config::Cors>,
 }

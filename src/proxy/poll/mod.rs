@@ -226,6 +226,7 @@ where
                 query: req.query,
                 headers: req.headers,
                 client_ip: req.client_ip,
+                https: req.https,
             });
         }
         if sh.serve_backend {
@@ -284,6 +285,7 @@ async fn fall_back<H: HeaderSource + ?Sized>(
         target: req.target,
         headers: req.headers,
         client_ip: req.client_ip,
+        https: req.https,
         head_only: req.head_only,
         if_none_match: ask.if_none_match.as_deref(),
     };
