@@ -524,17 +524,19 @@ impl ServerApp for ConnectionApp {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // The HTTP/2 paths are boxed: inline, pingora's HTTP/2 server and the preface check
+        // would size every connection's future, held HTTP/1.1 polls included.
         if h2::negotiated(&stream) {
-            self.serve_h2(stream, shutdown).await;
+            Box::pin(self.serve_h2(stream, shutdown)).await;
             return None;
         }
         let mut first = BytesMut::new();
         if self.h2c && stream.get_ssl().is_none() {
             let limit = self.state.limits().header_read_timeout;
-            match h2::sniff(&mut stream, limit).await {
+            match Box::pin(h2::sniff(&mut stream, limit)).await {
                 h2::Opening::H2(preface) => {
                     let replay: Stream = Box::new(h2::Replay::new(stream, preface));
-                    self.serve_h2(replay, shutdown).await;
+                    Box::pin(self.serve_h2(replay, shutdown)).await;
                     return None;
                 }
                 h2::Opening::H1(read) => first = read,
