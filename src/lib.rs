@@ -20,7 +20,9 @@
 //!   `X-Forwarded-*` rules for both. [`proxy::shadow`]: sampled polls also asked of the backend,
 //!   off the client's path, and compared with the cache (`shadow` on a poll route).
 //! - [`topic`]: topic names (dot segments refused) and the one encoder for upstream paths.
-//! - [`cache`]: per route, a map of topics; each topic a ring of messages with a change signal.
+//! - [`cache`]: per route, a map of topics; each topic a ring of messages with a change signal;
+//!   the ledger of answers a publish made due (`due.rs`), so a fan-out's answers go out before
+//!   the next steps (hang-ups, re-polls) of the clients answered first.
 //! - [`subscription`]: a [`subscription::Hub`] per poll route owns its cache and the upstream
 //!   WebSocket clients that feed it (one socket per topic or one shared socket), reconnecting
 //!   with jittered backoff.
