@@ -99,11 +99,17 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
-            "/metrics" => reply(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                METRICS.render(),
-            ),
+            "/metrics" => {
+                let due = self.state.store.answers_due().pending();
+                METRICS
+                    .fanout_answers_due
+                    .set(i64::try_from(due).unwrap_or(i64::MAX));
+                reply(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    METRICS.render(),
+                )
+            }
             "/healthz" => reply(200, "text/plain; charset=utf-8", b"ok\n".to_vec()),
             "/readyz" => match self.ready().await {
                 Ok(()) => reply(200, "text/plain; charset=utf-8", b"ready\n".to_vec()),

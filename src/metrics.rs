@@ -33,6 +33,8 @@ pub struct Metrics {
     pub shadow_comparisons: IntCounterVec,
     pub sse_streams_active: IntGaugeVec,
     pub sse_events: IntCounterVec,
+    /// Set at each scrape from the ledger of answers due (`cache/due.rs`).
+    pub fanout_answers_due: IntGauge,
 }
 
 /// The process-wide metrics.
@@ -86,6 +88,13 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(websocket_total.clone()))
+            .expect("unique metric");
+        let fanout_answers_due = IntGauge::new(
+            "pollgate_fanout_answers_due",
+            "Held polls woken by a publish and not yet answered (a fan-out in progress)",
+        )
+        .expect("valid metric");
+        r.register(Box::new(fanout_answers_due.clone()))
             .expect("unique metric");
         Metrics {
             proxied_requests: counter_vec(
@@ -212,6 +221,7 @@ impl Metrics {
                 "Events sent on EventSource streams: messages and gap events, not heartbeats",
                 &["route"],
             ),
+            fanout_answers_due,
             registry: r,
         }
     }

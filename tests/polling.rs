@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::wire::Reader;
 use common::*;
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
@@ -930,4 +931,73 @@ async fn cursor_polls_answer_alike_on_both_paths() {
         ),
         2.0
     );
+}
+
+/// A fan-out's ledger of answers due (`cache/due.rs`) settles whatever its clients do next, and
+/// each next step is served: a client that leaves gets its connection closed, one that polls
+/// again on the same connection is held again and answered by the next publish. A publish that
+/// is no news to the held polls (the same payload) wakes them without leaving answers due.
+#[tokio::test]
+async fn a_fan_out_settles_and_then_serves_each_clients_next_step() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start().await;
+    up.publish("/ws/prices/f", "v1");
+    let gw = Gateway::start(&config(&up, LATEST_LONG)).await;
+    let held = r#"pollgate_long_polls_held{route="prices"}"#;
+    let due = "pollgate_fanout_answers_due";
+    let received = r#"pollgate_upstream_messages_total{route="prices"}"#;
+    let etag = get(&gw, "/api/prices/f", &[]).await.header("etag").unwrap();
+    let mut socks = open_held_polls(gw.addr, "/api/prices/f", &etag, 30).await;
+    gw.wait_metric(held, |v| v == 30.0).await;
+
+    let before = gw.metric(received).await;
+    up.publish("/ws/prices/f", "v1");
+    gw.wait_metric(received, |v| v > before).await;
+    gw.wait_metric(due, |v| v == 0.0).await;
+    assert_eq!(gw.metric(held).await, 30.0, "{}", gw.log());
+
+    up.publish("/ws/prices/f", "v2");
+    let mut next_etag = String::new();
+    for s in socks.iter_mut() {
+        let mut r = Reader::new(&mut *s).with_limit(Duration::from_secs(10));
+        let a = r.answer(false).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (a.status, a.text().as_str()),
+            (200, "v2"),
+            "{}",
+            r.received()
+        );
+        next_etag = a.header("etag").expect("an ETag");
+    }
+    gw.wait_metric(due, |v| v == 0.0).await;
+
+    // Ten leave (half-close: the gateway must close its side), ten poll again at once.
+    for s in &mut socks[..10] {
+        s.shutdown().await.unwrap();
+        let rest = Reader::new(&mut *s)
+            .with_limit(Duration::from_secs(10))
+            .closed()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    }
+    let again =
+        format!("GET /api/prices/f HTTP/1.1\r\nHost: t\r\nIf-None-Match: {next_etag}\r\n\r\n");
+    for s in &mut socks[10..20] {
+        s.write_all(again.as_bytes()).await.unwrap();
+    }
+    gw.wait_metric(held, |v| v == 10.0).await;
+    up.publish("/ws/prices/f", "v3");
+    for s in &mut socks[10..20] {
+        let mut r = Reader::new(&mut *s).with_limit(Duration::from_secs(10));
+        let a = r.answer(false).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (a.status, a.text().as_str()),
+            (200, "v3"),
+            "{}",
+            r.received()
+        );
+    }
+    gw.wait_metric(due, |v| v == 0.0).await;
+    gw.wait_metric(held, |v| v == 0.0).await;
 }

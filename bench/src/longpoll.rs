@@ -1,9 +1,14 @@
-//! `longpoll`: the long-poll fan-out client. Opens every connection, sends each a conditional GET
-//! carrying its topic's current ETag (so the server holds it), waits until the server reports
-//! them all held, publishes one message per topic, and times each client's answer from the
-//! moment its topic's publish was sent. Also reads the server's RSS before and after holding.
+//! `longpoll`: the long-poll fan-out client. Opens every connection, sends each a poll the
+//! server holds (carrying its topic's current validators), waits until the server reports them
+//! all held, then publishes: one message per topic, or with `--repoll N` N messages per topic
+//! `--interval-ms` apart while every client polls again at once after each answer, carrying that
+//! answer's validators (`--contract`). Every message body carries its sequence number, so each
+//! (client, message) pair is timed from that message's publish and a lost, skipped or repeated
+//! message is counted. Also reads the server's RSS before and after holding, and its CPU.
 
 use crate::client::{self, Conn};
+use crate::pairs::{self, Received};
+use crate::poll_contract::{seqs_in, Contract, Validators};
 use crate::stats::{round3, summarize};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -11,6 +16,7 @@ use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::{watch, Semaphore};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LongpollArgs {
@@ -33,7 +39,8 @@ pub struct LongpollArgs {
     /// Publish one message per topic first, so every topic has a current value.
     #[arg(long)]
     seed: bool,
-    /// Do not fetch an ETag per topic (servers that hold a poll without one, like Nchan).
+    /// Send the first poll without validators, instead of fetching each topic's current ones
+    /// (servers that hold a bare poll on a fresh channel, like Nchan).
     #[arg(long)]
     no_etag: bool,
     /// Extra request header for the held polls, `Name: value` (repeatable).
@@ -47,9 +54,11 @@ pub struct LongpollArgs {
     held_nchan: Option<String>,
     #[arg(long, default_value = "/nchan_status")]
     nchan_status_path: String,
-    /// Server process whose VmRSS is read before and after the polls are held.
+    /// Server process whose VmRSS is read before and after the polls are held, and whose CPU
+    /// time is read around the fan-out. Repeatable (nginx's workers): CPU is then summed over
+    /// them, and RSS is not read (shared memory would count once per worker).
     #[arg(long)]
-    pid: Option<u32>,
+    pid: Vec<u32>,
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
     /// Longest wait for every poll to be held.
@@ -65,20 +74,23 @@ pub struct LongpollArgs {
     workers: usize,
     /// Each client closes its connection as soon as it has its answer (a page or app that goes
     /// away), instead of keeping it open until every answer is in.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "repoll")]
     depart: bool,
-}
-
-enum Outcome {
-    Answered {
-        status: u16,
-        at: Instant,
-        body_ok: bool,
-        body: String,
-    },
-    Error(String),
-    ConnectError(String),
-    Timeout,
+    /// Publish this many messages per topic, `--interval-ms` apart, and have every client poll
+    /// again at once after each answer, on the same connection, with that answer's validators,
+    /// until it has the last one (0: one message, one answer per client).
+    #[arg(long, default_value_t = 0)]
+    repoll: u32,
+    /// Time between two publishes of the same topic with `--repoll`.
+    #[arg(long, default_value_t = 400)]
+    interval_ms: u64,
+    /// How a poll carries the previous answer (and, without `--no-etag`, the first poll its
+    /// topic's current answer): see each value.
+    #[arg(long, value_enum, default_value_t = Contract::Etag)]
+    contract: Contract,
+    /// The query parameter of `--contract cursor`.
+    #[arg(long, default_value = "since")]
+    cursor_param: String,
 }
 
 /// VmRSS of a process, in KiB.
@@ -151,11 +163,230 @@ async fn held_now(a: &LongpollArgs) -> Result<Option<f64>, String> {
     Ok(None)
 }
 
+/// The settings every client of a run shares.
+struct Shared {
+    target: String,
+    headers: Vec<(String, String)>,
+    contract: Contract,
+    cursor_param: String,
+    /// A client is done once it has this message (1 without `--repoll`).
+    last_seq: u32,
+    repoll: bool,
+    depart: bool,
+    /// Backstop for one answer's wait (the run's own deadline stops clients first).
+    read_limit: Duration,
+}
+
+impl Shared {
+    fn request(&self, path: &str, v: &Validators) -> Vec<u8> {
+        let mut h = self.headers.clone();
+        h.extend(v.headers.iter().cloned());
+        client::get_request(&self.target, &v.path(path), &h)
+    }
+}
+
+/// Answers without a new message one client takes before it gives up: a hold that ends
+/// (`long_poll`) gives one; dozens mean the server is not holding the re-polls at all.
+const MAX_EMPTY_ANSWERS: u64 = 20;
+
+/// How a client's polling ended.
+enum End {
+    /// It has the last message (or, without `--repoll`, its one answer).
+    Done,
+    Error(String),
+    ConnectError(String),
+    /// The run's delivery deadline came first.
+    Timeout,
+}
+
+/// One client's polls, as the run reads them afterwards.
+struct ClientRun {
+    received: Received,
+    /// Answers holding at least one of the topic's messages.
+    answers: u64,
+    /// Answers holding none: a `304` or `200 []` at a hold's end, or a wrong body.
+    empty: u64,
+    wrong_body: Option<String>,
+    /// Answers marked `Pollgate-Gap: true` (the server could not vouch for the messages between).
+    gaps: u64,
+    statuses: Vec<u16>,
+    end: End,
+    /// Kept open until every client is done, unless the client departs.
+    conn: Option<Conn>,
+}
+
+/// What a client needs to connect and count itself in.
+struct Start {
+    sem: Arc<Semaphore>,
+    sent: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    /// Clients whose polling has ended: before the publishes, those a server answered at once.
+    ended: Arc<AtomicUsize>,
+    stop: watch::Receiver<bool>,
+}
+
+/// One client: connect, poll, and (with `--repoll`) poll again after every answer until it has
+/// the last message or the run stops it.
+async fn poll_loop(
+    s: Arc<Shared>,
+    topic: usize,
+    path: String,
+    marker: String,
+    first: Validators,
+    mut st: Start,
+) -> ClientRun {
+    let mut run = ClientRun {
+        received: Received {
+            topic,
+            got: Vec::new(),
+        },
+        answers: 0,
+        empty: 0,
+        wrong_body: None,
+        gaps: 0,
+        statuses: Vec::new(),
+        end: End::Done,
+        conn: None,
+    };
+    let req = s.request(&path, &first);
+    // The permit bounds connects in flight only.
+    let permit = st.sem.acquire_owned().await.expect("semaphore open");
+    let connected = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut conn = Conn::connect(&s.target).await?;
+        conn.send(&req).await?;
+        Ok::<Conn, std::io::Error>(conn)
+    })
+    .await;
+    drop(permit);
+    let mut conn = match connected {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            st.failed.fetch_add(1, Ordering::Relaxed);
+            run.end = End::ConnectError(e.to_string());
+            return run;
+        }
+        Err(_) => {
+            st.failed.fetch_add(1, Ordering::Relaxed);
+            run.end = End::ConnectError("connect timed out".into());
+            return run;
+        }
+    };
+    st.sent.fetch_add(1, Ordering::Relaxed);
+    let mut validators = first;
+    run.end = loop {
+        let r = tokio::select! {
+            r = tokio::time::timeout(s.read_limit, conn.read_response(false)) => r,
+            _ = st.stop.wait_for(|stop| *stop) => break End::Timeout,
+        };
+        let r = match r {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => break End::Error(e.to_string()),
+            Err(_) => break End::Timeout,
+        };
+        let at = Instant::now();
+        run.statuses.push(r.status);
+        if r.header("pollgate-gap") == Some("true") {
+            run.gaps += 1;
+        }
+        let text = r.text();
+        let seqs = seqs_in(&text, &marker);
+        if seqs.is_empty() {
+            run.empty += 1;
+            if !matches!(r.status, 200 | 304) {
+                break End::Error(format!("status {}: {text}", r.status));
+            }
+            if r.status == 200 && text.trim() != "[]" {
+                run.wrong_body.get_or_insert(text);
+            }
+            // A server that answers a re-poll at once without a new message (it did not take
+            // the validators as a hold) would be polled in a tight loop: stop such a client.
+            if run.empty > MAX_EMPTY_ANSWERS {
+                break End::Error(format!(
+                    "{} answers without a new message (last: status {})",
+                    run.empty, r.status
+                ));
+            }
+        } else {
+            run.answers += 1;
+            run.received.got.extend(seqs.iter().map(|&q| (q, at)));
+        }
+        if !s.repoll || seqs.iter().any(|&q| q >= s.last_seq) {
+            break End::Done;
+        }
+        match s.contract.next_validators(&r, &s.cursor_param) {
+            Ok(Some(v)) => validators = v,
+            Ok(None) => {}
+            Err(e) => break End::Error(e),
+        }
+        if let Err(e) = conn.send(&s.request(&path, &validators)).await {
+            break End::Error(e.to_string());
+        }
+    };
+    st.ended.fetch_add(1, Ordering::Relaxed);
+    // By default the connection stays open until every client is done, as a client that polls
+    // again on the same connection keeps it: no closes during the fan-out. A departing client
+    // hangs up at once, so the server meets closes mid-fan-out.
+    if !s.depart {
+        run.conn = Some(conn);
+    }
+    run
+}
+
+/// Each topic's current validators, from one poll without any (this also warms the gateway's
+/// subscriptions).
+async fn current_validators(a: &LongpollArgs, topics: usize) -> Result<Vec<Validators>, String> {
+    let mut out = vec![Validators::default(); topics];
+    if a.no_etag {
+        return Ok(out);
+    }
+    for (i, slot) in out.iter_mut().enumerate() {
+        let t = topic_name(a, i);
+        let path = a.path_template.replace("{topic}", &t);
+        let give_up = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = client::get(&a.target, &path, Duration::from_secs(5)).await;
+            if let Ok(r) = &r {
+                if r.status == 200 {
+                    if let Some(v) = a.contract.next_validators(r, &a.cursor_param)? {
+                        *slot = v;
+                        break;
+                    }
+                }
+            }
+            if Instant::now() > give_up {
+                let why = match r {
+                    Ok(r) => format!("status {} headers {:?}", r.status, r.headers),
+                    Err(e) => e.to_string(),
+                };
+                return Err(format!(
+                    "no {:?} validators for {t} at {}{path}: {why}",
+                    a.contract, a.target
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(out)
+}
+
+/// User and system CPU seconds of every process in `pids`, summed.
+fn cpu_of(pids: &[u32]) -> Option<(f64, f64)> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().try_fold((0.0, 0.0), |acc, &p| {
+        let (u, s) = cpu_user_sys_s(p)?;
+        Some((acc.0 + u, acc.1 + s))
+    })
+}
+
 pub async fn run(a: LongpollArgs) -> Result<serde_json::Value, String> {
     let topics = a.topics.max(1);
     let nonce: u32 = rand::random();
     let marker = |t: &str| format!("lp{nonce:08x}-{t}");
     let headers = client::parse_headers(&a.headers)?;
+    let messages = a.repoll.max(1);
+    let interval = Duration::from_millis(a.interval_ms);
 
     if a.seed {
         for i in 0..topics {
@@ -170,103 +401,52 @@ pub async fn run(a: LongpollArgs) -> Result<serde_json::Value, String> {
             }
         }
     }
+    let firsts = current_validators(&a, topics).await?;
 
-    // The current ETag of every topic (this also warms the gateway's subscriptions).
-    let mut etags: Vec<Option<String>> = vec![None; topics];
-    if !a.no_etag {
-        for (i, slot) in etags.iter_mut().enumerate() {
-            let t = topic_name(&a, i);
-            let path = a.path_template.replace("{topic}", &t);
-            let give_up = Instant::now() + Duration::from_secs(10);
-            loop {
-                let r = client::get(&a.target, &path, Duration::from_secs(5)).await;
-                if let Ok(r) = &r {
-                    if r.status == 200 {
-                        if let Some(e) = r.header("etag") {
-                            *slot = Some(e.to_string());
-                            break;
-                        }
-                    }
-                }
-                if Instant::now() > give_up {
-                    let why = match r {
-                        Ok(r) => format!("status {} etag {:?}", r.status, r.header("etag")),
-                        Err(e) => e.to_string(),
-                    };
-                    return Err(format!("no ETag for {t} at {}{path}: {why}", a.target));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-
-    let rss_before = a.pid.and_then(rss_kib);
+    let rss_pid = match a.pid[..] {
+        [p] => Some(p),
+        _ => None,
+    };
+    let rss_before = rss_pid.and_then(rss_kib);
     let held_before = held_now(&a).await?.unwrap_or(0.0);
 
-    // Open every connection and send its poll; the permit bounds connects in flight only.
-    let sem = Arc::new(tokio::sync::Semaphore::new(a.connect_concurrency.max(1)));
+    let deliver_limit = Duration::from_secs_f64(a.deliver_timeout_s) + interval * (messages - 1);
+    let shared = Arc::new(Shared {
+        target: a.target.clone(),
+        headers,
+        contract: a.contract,
+        cursor_param: a.cursor_param.clone(),
+        last_seq: messages,
+        repoll: a.repoll > 0,
+        depart: a.depart,
+        read_limit: Duration::from_secs_f64(a.hold_timeout_s + 10.0) + deliver_limit,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let sem = Arc::new(Semaphore::new(a.connect_concurrency.max(1)));
     let sent = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
-    let total_limit = Duration::from_secs_f64(a.hold_timeout_s + a.deliver_timeout_s + 10.0);
+    let ended = Arc::new(AtomicUsize::new(0));
     let setup_start = Instant::now();
     let mut tasks = Vec::with_capacity(a.clients);
     for c in 0..a.clients {
         let ti = c % topics;
         let t = topic_name(&a, ti);
-        let path = a.path_template.replace("{topic}", &t);
-        let mut hdrs = headers.clone();
-        if let Some(e) = &etags[ti] {
-            hdrs.push(("If-None-Match".into(), e.clone()));
-        }
-        let req = client::get_request(&a.target, &path, &hdrs);
-        let expect = marker(&t);
-        let (sem, sent, failed, target) =
-            (sem.clone(), sent.clone(), failed.clone(), a.target.clone());
-        let depart = a.depart;
-        tasks.push(tokio::spawn(async move {
-            let permit = sem.acquire_owned().await.expect("semaphore open");
-            let connected = tokio::time::timeout(Duration::from_secs(10), async {
-                let mut conn = Conn::connect(&target).await?;
-                conn.send(&req).await?;
-                Ok::<Conn, std::io::Error>(conn)
-            })
-            .await;
-            drop(permit);
-            let mut conn = match connected {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    return (ti, Outcome::ConnectError(e.to_string()), None);
-                }
-                Err(_) => {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    return (ti, Outcome::ConnectError("connect timed out".into()), None);
-                }
-            };
-            sent.fetch_add(1, Ordering::Relaxed);
-            let out = match tokio::time::timeout(total_limit, conn.read_response(false)).await {
-                Ok(Ok(r)) => {
-                    let at = Instant::now();
-                    let text = r.text();
-                    Outcome::Answered {
-                        status: r.status,
-                        at,
-                        body_ok: text.contains(&expect),
-                        body: text,
-                    }
-                }
-                Ok(Err(e)) => Outcome::Error(e.to_string()),
-                Err(_) => Outcome::Timeout,
-            };
-            // By default the connection stays open until every answer is in, as a client that
-            // polls again on the same connection would keep it: no closes during the fan-out.
-            // A departing client hangs up at once, so the server meets closes mid-fan-out.
-            if depart {
-                drop(conn);
-                return (ti, out, None);
-            }
-            (ti, out, Some(conn))
-        }));
+        let start = Start {
+            sem: sem.clone(),
+            sent: sent.clone(),
+            failed: failed.clone(),
+            ended: ended.clone(),
+            stop: stop_rx.clone(),
+        };
+        tasks.push(tokio::spawn(poll_loop(
+            shared.clone(),
+            ti,
+            a.path_template.replace("{topic}", &t),
+            marker(&t),
+            firsts[ti].clone(),
+            start,
+        )));
     }
 
     // Wait until every sent poll is held (as the server reports it).
@@ -278,7 +458,10 @@ pub async fn run(a: LongpollArgs) -> Result<serde_json::Value, String> {
         if let Some(h) = held {
             held_seen = h - held_before;
         }
-        let want = sent.load(Ordering::Relaxed) as f64;
+        // A poll answered before any publish is not held (it shows up as a lost pair).
+        let want = sent
+            .load(Ordering::Relaxed)
+            .saturating_sub(ended.load(Ordering::Relaxed)) as f64;
         let all_held = match held {
             Some(_) => done && held_seen >= want,
             None => done,
@@ -290,45 +473,58 @@ pub async fn run(a: LongpollArgs) -> Result<serde_json::Value, String> {
     }
     let hold_wait = setup_start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(a.settle_ms)).await;
-    let rss_after = a.pid.and_then(rss_kib);
+    let rss_after = rss_pid.and_then(rss_kib);
     let held_at_publish = sent.load(Ordering::Relaxed);
 
     // Publish from a plain thread, so the clients' reading never delays a publish.
-    let pubs: Vec<(String, String)> = (0..topics)
-        .map(|i| {
-            let t = topic_name(&a, i);
-            let body = json!({ "bench": marker(&t), "topic": &t }).to_string();
-            (a.publish_path.replace("{topic}", &t), body)
+    let rounds: Vec<Vec<(String, String)>> = (1..=messages)
+        .map(|seq| {
+            (0..topics)
+                .map(|i| {
+                    let t = topic_name(&a, i);
+                    let tag = format!("{}#{seq}", marker(&t));
+                    let body = json!({ "bench": tag, "seq": seq, "topic": &t }).to_string();
+                    (a.publish_path.replace("{topic}", &t), body)
+                })
+                .collect()
         })
         .collect();
     let publish_addr = a.publish.clone();
-    let server_cpu_before = a.pid.and_then(cpu_user_sys_s);
+    let server_cpu_before = cpu_of(&a.pid);
     let client_cpu_before = cpu_s(std::process::id());
-    let publisher = std::thread::spawn(move || publish_all(&publish_addr, &pubs));
     let publish_started = Instant::now();
-    let deliver_deadline =
-        tokio::time::Instant::now() + Duration::from_secs_f64(a.deliver_timeout_s);
+    let on_failure = stop_tx.clone();
+    let publisher = std::thread::spawn(move || {
+        let r = publish_rounds(&publish_addr, &rounds, interval);
+        if r.is_err() {
+            // Nothing more is coming: stop the clients now rather than at the deadline.
+            let _ = on_failure.send(true);
+        }
+        r
+    });
+    let deliver_deadline = tokio::time::Instant::now() + deliver_limit;
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep_until(deliver_deadline).await;
+        let _ = stop_tx.send(true);
+    });
 
-    let mut outcomes = Vec::with_capacity(tasks.len());
+    let mut runs = Vec::with_capacity(tasks.len());
     let mut abandoned = 0usize;
-    let mut open = Vec::with_capacity(a.clients);
+    let mut task_errors = Vec::new();
     for t in tasks {
         let abort = t.abort_handle();
-        match tokio::time::timeout_at(deliver_deadline, t).await {
-            Ok(Ok((ti, o, conn))) => {
-                outcomes.push((ti, o));
-                open.push(conn);
-            }
-            Ok(Err(e)) => outcomes.push((0, Outcome::Error(format!("task: {e}")))),
+        // Stopped clients return at once; this bound is only a backstop.
+        match tokio::time::timeout_at(deliver_deadline + Duration::from_secs(5), t).await {
+            Ok(Ok(r)) => runs.push(r),
+            Ok(Err(e)) => task_errors.push(format!("task: {e}")),
             Err(_) => {
                 abort.abort();
                 abandoned += 1;
             }
         }
     }
-    let server_user_sys = a
-        .pid
-        .and_then(cpu_user_sys_s)
+    stopper.abort();
+    let server_user_sys = cpu_of(&a.pid)
         .zip(server_cpu_before)
         .map(|(x, y)| (round3(x.0 - y.0), round3(x.1 - y.1)));
     let server_cpu = server_user_sys.map(|(u, s)| round3(u + s));
@@ -340,53 +536,47 @@ pub async fn run(a: LongpollArgs) -> Result<serde_json::Value, String> {
         .map_err(|_| "publisher thread panicked".to_string())??;
     let publish_s = published
         .last()
+        .and_then(|r| r.last())
         .map(|t| t.duration_since(publish_started).as_secs_f64())
         .unwrap_or(0.0);
 
-    let mut latencies = Vec::new();
-    let (mut delivered, mut early, mut wrong_body, mut errors, mut timeouts, mut connect_errors) =
-        (0, 0, 0, 0, 0, 0);
+    let (mut errors, mut timeouts, mut connect_errors) = (task_errors.len(), abandoned, 0);
+    let (mut answers, mut empty, mut wrong_body, mut gaps) = (0, 0, 0, 0);
     let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
-    let mut first_error: Option<String> = None;
-    let mut last_at = publish_started;
-    for (ti, o) in &outcomes {
-        match o {
-            Outcome::Answered {
-                status,
-                at,
-                body_ok,
-                body,
-            } => {
-                *statuses.entry(*status).or_default() += 1;
-                let sent_at = published[*ti];
-                if *at < sent_at {
-                    early += 1;
-                    first_error.get_or_insert_with(|| {
-                        format!("answered before the publish: {status} {body}")
-                    });
-                } else if *status != 200 {
-                    first_error.get_or_insert_with(|| format!("status {status}: {body}"));
-                } else if !body_ok {
-                    wrong_body += 1;
-                    first_error.get_or_insert_with(|| format!("wrong body: {body}"));
-                } else {
-                    delivered += 1;
-                    latencies.push(at.duration_since(sent_at).as_micros() as u64);
-                    last_at = last_at.max(*at);
-                }
-            }
-            Outcome::Error(e) => {
+    let mut first_error: Option<String> = task_errors.first().cloned();
+    let mut received = Vec::with_capacity(runs.len());
+    for r in runs {
+        for s in &r.statuses {
+            *statuses.entry(*s).or_default() += 1;
+        }
+        answers += r.answers;
+        empty += r.empty;
+        gaps += r.gaps;
+        if let Some(b) = &r.wrong_body {
+            wrong_body += 1;
+            first_error.get_or_insert_with(|| format!("wrong body: {b}"));
+        }
+        match r.end {
+            End::Done => {}
+            End::Error(e) => {
                 errors += 1;
-                first_error.get_or_insert_with(|| e.clone());
+                first_error.get_or_insert(e);
             }
-            Outcome::ConnectError(e) => {
+            End::ConnectError(e) => {
                 connect_errors += 1;
                 first_error.get_or_insert_with(|| format!("connect: {e}"));
             }
-            Outcome::Timeout => timeouts += 1,
+            End::Timeout => timeouts += 1,
         }
+        received.push(r.received);
+        drop(r.conn);
     }
-    let lat = summarize(latencies);
+    let tally = pairs::tally(a.clients, &published, &received);
+    if tally.early > 0 {
+        first_error.get_or_insert_with(|| "a message was answered before its publish".into());
+    }
+    let last_at = tally.last_at.unwrap_or(publish_started);
+    let lat = summarize(tally.latencies_us.clone());
     let per_held = match (rss_before, rss_after) {
         (Some(b), Some(a2)) if held_at_publish > 0 => Some(round3(
             (a2 as f64 - b as f64) * 1024.0 / held_at_publish as f64,
@@ -396,21 +586,40 @@ pub async fn run(a: LongpollArgs) -> Result<serde_json::Value, String> {
     Ok(json!({
         "clients": a.clients,
         "depart": a.depart,
+        "repoll": a.repoll > 0,
+        "contract": format!("{:?}", a.contract).to_lowercase(),
+        "messages": messages,
+        "interval_ms": a.interval_ms,
         "topics": topics,
         "connected": held_at_publish,
         "connect_errors": connect_errors,
         "held_reported": held_seen,
         "hold_wait_s": round3(hold_wait),
-        "delivered": delivered,
-        "early": early,
+        // (client, message) pairs: `delivered` of `expected`, the rest `lost` (of which
+        // `skipped`: a later message of the topic reached that client).
+        "expected": tally.expected,
+        "delivered": tally.delivered,
+        "lost": tally.lost(),
+        "skipped": tally.skipped,
+        "duplicates": tally.duplicates,
+        "unknown_seq": tally.unknown,
+        "early": tally.early,
+        "answers": answers,
+        "empty_answers": empty,
+        "gap_answers": gaps,
         "wrong_body": wrong_body,
         "errors": errors,
-        "timeouts": timeouts + abandoned,
+        "timeouts": timeouts,
         "statuses": statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "first_error": first_error,
         "publish_s": round3(publish_s),
         "fanout_s": round3(last_at.duration_since(publish_started).as_secs_f64()),
         "latency": lat.json(),
+        "latency_by_message": tally
+            .by_message_us
+            .iter()
+            .map(|l| summarize(l.clone()).json())
+            .collect::<Vec<_>>(),
         "server_cpu_s_during_fanout": server_cpu,
         // The kernel's share shows what a user-space change can still win.
         "server_user_s_during_fanout": server_user_sys.map(|c| c.0),
@@ -422,52 +631,66 @@ pub async fn run(a: LongpollArgs) -> Result<serde_json::Value, String> {
     }))
 }
 
-/// Publishes each `(path, body)` in order over one blocking keep-alive connection; returns the
-/// instant each publish was sent.
-fn publish_all(addr: &str, pubs: &[(String, String)]) -> Result<Vec<Instant>, String> {
+/// Publishes `rounds` over one blocking keep-alive connection: round `r` (every topic's message
+/// `r + 1`, in order) starts `r * interval` after the first, or as soon as the one before it is
+/// acknowledged when that takes longer. Returns when each publish was sent, by round and topic.
+fn publish_rounds(
+    addr: &str,
+    rounds: &[Vec<(String, String)>],
+    interval: Duration,
+) -> Result<Vec<Vec<Instant>>, String> {
     let mut s =
         std::net::TcpStream::connect(addr).map_err(|e| format!("publisher connect {addr}: {e}"))?;
     let _ = s.set_nodelay(true);
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    let mut times = Vec::with_capacity(pubs.len());
+    let start = Instant::now();
+    let mut times = Vec::with_capacity(rounds.len());
     let mut buf = Vec::with_capacity(4096);
-    for (path, body) in pubs {
-        let req = client::post_request(addr, path, body.as_bytes());
-        times.push(Instant::now());
-        s.write_all(&req)
-            .map_err(|e| format!("publish {path}: {e}"))?;
-        // Read one response (content-length delimited) before the next publish.
-        buf.clear();
-        loop {
-            let mut hdrs = [httparse::EMPTY_HEADER; 32];
-            let mut r = httparse::Response::new(&mut hdrs);
-            if let Ok(httparse::Status::Complete(n)) = r.parse(&buf) {
-                let status = r.code.unwrap_or(0);
-                let len: usize = r
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
-                    .unwrap_or(0);
-                if buf.len() >= n + len {
-                    if !(200..300).contains(&status) {
-                        return Err(format!("publish {path}: status {status}"));
-                    }
-                    break;
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            let k = s
-                .read(&mut chunk)
+    for (r, round) in rounds.iter().enumerate() {
+        let due = start + interval * r as u32;
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let mut sent = Vec::with_capacity(round.len());
+        for (path, body) in round {
+            let req = client::post_request(addr, path, body.as_bytes());
+            sent.push(Instant::now());
+            s.write_all(&req)
                 .map_err(|e| format!("publish {path}: {e}"))?;
-            if k == 0 {
-                return Err(format!("publish {path}: connection closed"));
-            }
-            buf.extend_from_slice(&chunk[..k]);
+            read_ack(&mut s, &mut buf).map_err(|e| format!("publish {path}: {e}"))?;
         }
+        times.push(sent);
     }
     Ok(times)
+}
+
+/// Reads one publish acknowledgement (content-length delimited) and checks its status.
+fn read_ack(s: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
+    buf.clear();
+    loop {
+        let mut hdrs = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut hdrs);
+        if let Ok(httparse::Status::Complete(n)) = r.parse(buf) {
+            let status = r.code.unwrap_or(0);
+            let len: usize = r
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= n + len {
+                if !(200..300).contains(&status) {
+                    return Err(format!("status {status}"));
+                }
+                return Ok(());
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let k = s.read(&mut chunk).map_err(|e| e.to_string())?;
+        if k == 0 {
+            return Err("connection closed".into());
+        }
+        buf.extend_from_slice(&chunk[..k]);
+    }
 }
 
 #[cfg(test)]

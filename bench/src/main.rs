@@ -16,6 +16,8 @@ mod bare;
 mod client;
 mod load;
 mod longpoll;
+mod pairs;
+mod poll_contract;
 mod procs;
 mod report;
 mod run;
@@ -41,7 +43,8 @@ enum Command {
     Run(run::RunArgs),
     /// A bare pingora server answering a fixed body from `request_filter` (the baseline).
     BarePingora(bare::BareArgs),
-    /// Hold many long polls, publish one message per topic, and time each delivery.
+    /// Hold many long polls, publish one message per topic (or several, re-polled: `--repoll`),
+    /// and time each delivery.
     Longpoll(longpoll::LongpollArgs),
     /// WebSocket echo round trips.
     WsEcho(wsecho::WsEchoArgs),

@@ -7,6 +7,7 @@
 
 mod env;
 mod loadgen;
+mod longpoll_runs;
 mod machine;
 mod measure;
 mod nginx;
@@ -37,7 +38,8 @@ pub struct RunArgs {
     /// Shorter runs (under 3 minutes on 2 cores).
     #[arg(long, conflicts_with = "smoke")]
     quick: bool,
-    /// CI check: scenario 1 (pollgate only) and a small long-poll fan-out, asserting correctness.
+    /// CI check: scenario 1 (pollgate only), a small long-poll fan-out and a few clients
+    /// re-polling (latest and cursor routes), asserting correctness.
     #[arg(long)]
     smoke: bool,
     /// Where results.md and results.json go.
@@ -59,7 +61,8 @@ pub struct RunArgs {
     /// Override the measured duration of each HTTP load run (seconds).
     #[arg(long)]
     duration_s: Option<f64>,
-    /// Override the number of long-poll clients in scenario 3.
+    /// Override the number of long-poll clients in scenario 3 (the big fan-out and every
+    /// client-behaviour run).
     #[arg(long)]
     longpoll_clients: Option<usize>,
 }
@@ -119,6 +122,7 @@ fn run(a: RunArgs, mode: Mode) -> Result<ExitCode, String> {
     }
     if let Some(c) = a.longpoll_clients {
         plan.lp_clients = c;
+        plan.lp_behaviour_clients = c;
     }
     let root = read("/proc/self/status")
         .lines()

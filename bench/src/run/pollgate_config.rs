@@ -31,6 +31,24 @@ const PG_POLL_ROUTE: &str = r#"  - name: prices
     first_message_wait: 2s
 "#;
 
+/// Scenario 3's cursor clients: since mode on the sample backend's per-topic socket, the
+/// backend's own message ids as cursors (as a legacy client keeps them).
+const PG_CURSOR_ROUTE: &str = r#"  - name: news
+    path: "/api/news/{topic}"
+    upstream: backend
+    access: public
+    subscribe:
+      path: "/ws/news/{topic}"
+    mode: since
+    history: 64
+    id_pointer: "/id"
+    cursor_param: since
+    content_type: application/json
+    long_poll: @LONG_POLL@
+    max_wait: 120s
+    first_message_wait: 2s
+"#;
+
 /// A pollgate config: the latest-mode poll route (held for `long_poll`, `None`: no poll route)
 /// in front of the sample backend, plus a prefix route for everything else.
 pub(super) fn pollgate_config(backend: &str, long_poll: Option<&str>) -> String {
@@ -42,6 +60,15 @@ pub(super) fn pollgate_config(backend: &str, long_poll: Option<&str>) -> String 
         .replace("@POLL_ROUTE@", &route)
 }
 
+/// [`pollgate_config`] with the latest-mode route and, at `/api/news/{topic}`, a since-mode
+/// (cursor) route, both held for `long_poll`.
+pub(super) fn pollgate_cursor_config(backend: &str, long_poll: &str) -> String {
+    let routes = format!("{PG_POLL_ROUTE}{PG_CURSOR_ROUTE}").replace("@LONG_POLL@", long_poll);
+    PG_CONFIG
+        .replace("@BACKEND@", backend)
+        .replace("@POLL_ROUTE@", &routes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +78,14 @@ mod tests {
         let c = pollgate_config("127.0.0.1:9", Some("60s"));
         assert!(c.contains("long_poll: 60s") && c.contains("address: \"127.0.0.1:9\""));
         assert!(!pollgate_config("127.0.0.1:9", None).contains("prices"));
+        let c = pollgate_cursor_config("127.0.0.1:9", "60s");
+        assert!(
+            c.contains("mode: since") && c.contains("mode: latest"),
+            "{c}"
+        );
+        assert!(
+            !c.contains("@LONG_POLL@") && !c.contains("@POLL_ROUTE@"),
+            "{c}"
+        );
     }
 }
