@@ -120,10 +120,7 @@ mod tests {
         let mut l = t.latencies_us.clone();
         l.sort_unstable();
         assert_eq!(l, vec![1_000, 5_000, 10_000, 20_000]);
-        assert_eq!(
-            t.by_message_us,
-            vec![vec![5_000, 1_000], vec![20_000, 10_000]]
-        );
+        assert_eq!(t.by_message_us, vec![vec![5_000, 1_000], vec![20_000, 10_000]]);
         assert_eq!(t.last_at, Some(ms(120)));
     }
 }

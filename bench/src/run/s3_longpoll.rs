@@ -371,6 +371,7 @@ fn rounds_target(report: &mut Report, what: &str, goal: f64, pairs: &[(Value, Va
     );
 }
 
+
 /// CI: the small fan-out on both placements, then a few clients re-polling on the latest and
 /// the cursor route; every (client, message) pair must arrive. pollgate only.
 fn smoke(env: &Env, sec: &mut Section, data: &mut Map<String, Value>) -> Result<(), String> {
