@@ -6,7 +6,7 @@
 //!   `bench/results/results.{md,json}`.
 //! - `bare-pingora`: the baseline: a pingora `ProxyHttp` whose `request_filter` answers a fixed
 //!   body, nothing else.
-//! - `longpoll`, `sse-fanout`, `ws-echo`, `http-load`: load clients; each prints one JSON object on stdout.
+//! - `longpoll`, `h2-polls`, `sse-fanout`, `ws-echo`, `http-load`: load clients; each prints one JSON object on stdout.
 //!
 //! Every load loop is bounded in count and in time.
 
@@ -14,6 +14,7 @@
 
 mod bare;
 mod client;
+mod h2_polls;
 mod load;
 mod longpoll;
 mod pairs;
@@ -50,6 +51,9 @@ enum Command {
     /// Open many EventSource streams on one topic, publish one message, and time each
     /// stream's event.
     SseFanout(sse_fanout::SseFanoutArgs),
+    /// Hold many polls over HTTP/2 on TLS (many streams per connection), publish one message,
+    /// and time each answer.
+    H2Polls(h2_polls::H2PollsArgs),
     /// WebSocket echo round trips.
     WsEcho(wsecho::WsEchoArgs),
     /// HTTP/1.1 keep-alive load: closed loop, or paced at a rate per client.
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Command::BarePingora(a) => bare::main(a),
         Command::Longpoll(a) => client::print_result(longpoll::main(a)),
         Command::SseFanout(a) => client::print_result(sse_fanout::main(a)),
+        Command::H2Polls(a) => client::print_result(h2_polls::main(a)),
         Command::WsEcho(a) => client::print_result(wsecho::main(a)),
         Command::HttpLoad(a) => client::print_result(load::main(a)),
     }

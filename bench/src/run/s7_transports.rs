@@ -31,6 +31,22 @@ const SSE_COLUMNS: &[&str] = &[
     "p99 vs pollgate",
 ];
 
+const H2_COLUMNS: &[&str] = &[
+    "Contender",
+    "held polls",
+    "connections",
+    "delivered",
+    "p50 ms",
+    "p99 ms",
+    "max ms",
+    "fan-out s",
+    "server RSS bytes/held poll",
+    "p99 vs HTTP/1.1",
+];
+
+/// Held polls per HTTP/2 connection in 7c (the issue's test holds 100 on one connection).
+const H2_STREAMS_PER_CONN: usize = 100;
+
 /// Nchan's EventSource subscriber, its publisher and its stub status, by channel id.
 const NCHAN_SSE_BLOCK: &str = r#"  nchan_max_reserved_memory 256M;
   server {
@@ -57,7 +73,20 @@ pub(super) fn s7(env: &Env, report: &mut Report) -> Result<(), String> {
         sse.error = Some(e.clone());
     }
     report.sections.push(sse);
-    r1.and(r2)
+    if env.mode == Mode::Smoke {
+        return r1.and(r2);
+    }
+    let mut h2 = Section::new(
+        "s7_h2",
+        "7c. Held polls over HTTP/2 (TLS) vs HTTP/1.1",
+        H2_COLUMNS,
+    );
+    let r3 = h2_held(env, report, &mut h2);
+    if let Err(e) = &r3 {
+        h2.error = Some(e.clone());
+    }
+    report.sections.push(h2);
+    r1.and(r2).and(r3)
 }
 
 /// A self-signed P-256 certificate for 127.0.0.1 and its key (PKCS#8), made once per run.
@@ -329,10 +358,15 @@ fn tls_cache_hit(env: &Env, report: &mut Report, sec: &mut Section) -> Result<()
         .unwrap_or_else(|| "-".into());
     let ms = env.rounds(&jobs)?;
     let get = |k: &str| jobs.iter().position(|j| j.key == k).map(|i| ms[i].clone());
-    let pg = get("pollgate_tls").expect("measured");
+    let mut pg = get("pollgate_tls").expect("measured");
     let pg_plain = get("pollgate_plain").expect("measured");
-    let n_tls = get("nginx_tls");
+    let mut n_tls = get("nginx_tls");
     let n_plain = get("nginx_plain");
+    // The same server answers the same bytes on both listeners (HTTP bytes, before TLS framing).
+    pg.bytes_per_response = pg_plain.bytes_per_response;
+    if let (Some(t), Some(c)) = (&mut n_tls, &n_plain) {
+        t.bytes_per_response = c.bytes_per_response;
+    }
     sec.notes.push(format!(
         "wrk -t1 -c{} -d{}s over https (HTTP/1.1 keep-alive: the handshakes happen once per connection, \
          so this measures TLS record encryption on the cache-hit path) against each contender on one core; \
@@ -590,6 +624,197 @@ fn sse_fan_out(env: &Env, report: &mut Report, sec: &mut Section) -> Result<(), 
                 .collect::<Vec<_>>()
                 .join("; ")
         ));
+    }
+    Ok(())
+}
+
+fn h2_row(name: &str, v: &Value, conns: &str, vs: &str) -> Vec<String> {
+    let l = &v["latency"];
+    let f = |x: &Value, d: usize| x.as_f64().map(|x| fmt(x, d)).unwrap_or_else(|| "-".into());
+    let polls = v.get("polls").or_else(|| v.get("expected")).cloned();
+    vec![
+        name.into(),
+        polls.map(|p| p.to_string()).unwrap_or_default(),
+        conns.into(),
+        v["delivered"].to_string(),
+        f(&l["p50_ms"], 1),
+        f(&l["p99_ms"], 1),
+        f(&l["max_ms"], 1),
+        f(&v["fanout_s"], 3),
+        f(&v["rss_per_held_bytes"], 0),
+        vs.into(),
+    ]
+}
+
+/// 7c: the same number of held polls on one topic over HTTP/2 on TLS (100 streams per
+/// connection) and over HTTP/1.1 cleartext (one connection each), on fresh pollgates.
+fn h2_held(env: &Env, report: &mut Report, sec: &mut Section) -> Result<(), String> {
+    let polls = env.plan.lp_behaviour_clients;
+    let conns = polls.div_ceil(H2_STREAMS_PER_CONN).max(1);
+    let (cert, key) = match make_cert(env) {
+        Ok(c) => c,
+        Err(e) => {
+            sec.notes.push(format!("no certificate ({e}): skipped."));
+            return Ok(());
+        }
+    };
+    let rounds = env.plan.lp_rounds.max(1);
+    let mut data = Map::new();
+    let (mut h2_runs, mut h1_runs) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for h2 in [true, false] {
+            let mut p = Procs::new(&env.dir);
+            let backend = env.start_backend(&mut p, &[], 3_600_000)?;
+            let topic = if h2 { "h2x0" } else { "h1x0" };
+            let r = env
+                .block(client::post(
+                    &backend.addr,
+                    &format!("/publish/{topic}"),
+                    TICK.as_bytes(),
+                    Duration::from_secs(5),
+                ))
+                .map_err(|e| e.to_string())?;
+            if r.status != 200 {
+                return Err(format!("seed publish: {}", r.status));
+            }
+            let path = format!("/api/prices/{topic}");
+            let direct = env
+                .block(client::get(&backend.addr, &path, Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            let tls_addr = procs::free_addr()?;
+            let config = with_tls(
+                &pollgate_config(&backend.addr, Some("60s")),
+                &tls_addr,
+                &cert,
+                &key,
+            );
+            let gw = env.start_pollgate(&mut p, &config)?;
+            warm(env, &gw.addr, &path, &direct.body)?;
+            let admin = gw.admin.clone().expect("admin listener");
+            let v = if h2 {
+                let args: Vec<String> = [
+                    "--target",
+                    &tls_addr,
+                    "--path",
+                    &path,
+                    "--polls",
+                    &polls.to_string(),
+                    "--connections",
+                    &conns.to_string(),
+                    "--publish",
+                    &backend.addr,
+                    "--publish-path",
+                    &format!("/publish/{topic}"),
+                    "--held-prometheus",
+                    &admin,
+                    "--pid",
+                    &gw.pid.to_string(),
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                env.client("h2-polls", &args, Duration::from_secs(150))?
+            } else {
+                let args: Vec<String> = [
+                    "--target",
+                    &gw.addr,
+                    "--path-template",
+                    "/api/prices/{topic}",
+                    "--topics",
+                    "1",
+                    "--clients",
+                    &polls.to_string(),
+                    "--topic-prefix",
+                    "h1x",
+                    "--publish",
+                    &backend.addr,
+                    "--held-prometheus",
+                    &admin,
+                    "--pid",
+                    &gw.pid.to_string(),
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                env.client("longpoll", &args, Duration::from_secs(150))?
+            };
+            eprintln!(
+                "  round {}: pollgate held polls over {}: {} delivered, p99 {} ms, {} bytes/held poll",
+                round + 1,
+                if h2 { "HTTP/2" } else { "HTTP/1.1" },
+                v["delivered"],
+                v["latency"]["p99_ms"],
+                v["rss_per_held_bytes"]
+            );
+            p.stop_all();
+            let key = if h2 { "h2" } else { "h1" };
+            data.insert(format!("{key}_round{}", round + 1), v.clone());
+            if h2 { &mut h2_runs } else { &mut h1_runs }.push(v);
+        }
+    }
+    sec.notes.push(format!(
+        "{polls} held polls (`If-None-Match` with the topic's current ETag, `long_poll: 60s`) on one topic of \
+         a fresh pollgate each run, answered by one publish through the sample backend. HTTP/2: \
+         `pollgate-bench h2-polls` over TLS with ALPN `h2`, {H2_STREAMS_PER_CONN} polls per connection on \
+         {conns} connections. HTTP/1.1: the scenario-3 `longpoll` client over cleartext, one connection per \
+         poll. Latency from sending the publish to a poll's answer headers; RSS per held poll is pollgate's \
+         RSS growth while the polls are taken, divided by the polls. {rounds} interleaved round(s); the \
+         table shows each one's run with the median p99. Reported, no target (Nchan's HTTP/2 needs \
+         nginx's `http2` on a TLS listener, not run here)."
+    ));
+    let pick = |runs: &[Value]| -> Option<Value> {
+        let mut v = runs.to_vec();
+        v.sort_by(|a, b| p99(a).total_cmp(&p99(b)));
+        v.get(v.len().saturating_sub(1) / 2).cloned()
+    };
+    let all = |runs: &[Value]| runs.iter().all(|v| v["all_delivered"] == json!(true));
+    let (h2v, h1v) = (
+        pick(&h2_runs).ok_or("no run")?,
+        pick(&h1_runs).ok_or("no run")?,
+    );
+    sec.rows.push(h2_row(
+        "pollgate, HTTP/2 over TLS",
+        &h2v,
+        &conns.to_string(),
+        &fmt(ratio(p99(&h2v), p99(&h1v)), 2),
+    ));
+    sec.rows.push(h2_row(
+        "pollgate, HTTP/1.1 cleartext",
+        &h1v,
+        &polls.to_string(),
+        "1.00",
+    ));
+    let each: Vec<f64> = h2_runs
+        .iter()
+        .zip(&h1_runs)
+        .map(|(a, b)| ratio(p99(a), p99(b)))
+        .collect();
+    let r = median(&each);
+    report.target(
+        "7c",
+        &format!("{polls} held polls over HTTP/2: p99 HTTP/2 / HTTP/1.1 (pollgate)"),
+        "(reported)",
+        format!(
+            "{r:.2} (median of rounds {}); {} vs {} bytes/held poll",
+            each.iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            h2v["rss_per_held_bytes"]
+                .as_f64()
+                .map(|x| fmt(x, 0))
+                .unwrap_or_else(|| "-".into()),
+            h1v["rss_per_held_bytes"]
+                .as_f64()
+                .map(|x| fmt(x, 0))
+                .unwrap_or_else(|| "-".into())
+        ),
+        Some(r),
+        None,
+    );
+    sec.data = Value::Object(data);
+    if !all(&h2_runs) {
+        return Err("pollgate did not answer every held HTTP/2 poll (see results.json)".into());
     }
     Ok(())
 }
