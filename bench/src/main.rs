@@ -6,7 +6,7 @@
 //!   `bench/results/results.{md,json}`.
 //! - `bare-pingora`: the baseline: a pingora `ProxyHttp` whose `request_filter` answers a fixed
 //!   body, nothing else.
-//! - `longpoll`, `ws-echo`, `http-load`: load clients; each prints one JSON object on stdout.
+//! - `longpoll`, `h2-polls`, `sse-fanout`, `ws-echo`, `http-load`: load clients; each prints one JSON object on stdout.
 //!
 //! Every load loop is bounded in count and in time.
 
@@ -14,6 +14,7 @@
 
 mod bare;
 mod client;
+mod h2_polls;
 mod load;
 mod longpoll;
 mod pairs;
@@ -21,6 +22,7 @@ mod poll_contract;
 mod procs;
 mod report;
 mod run;
+mod sse_fanout;
 mod stats;
 mod wsecho;
 
@@ -46,6 +48,12 @@ enum Command {
     /// Hold many long polls, publish one message per topic (or several, re-polled: `--repoll`),
     /// and time each delivery.
     Longpoll(longpoll::LongpollArgs),
+    /// Open many EventSource streams on one topic, publish one message, and time each
+    /// stream's event.
+    SseFanout(sse_fanout::SseFanoutArgs),
+    /// Hold many polls over HTTP/2 on TLS (many streams per connection), publish one message,
+    /// and time each answer.
+    H2Polls(h2_polls::H2PollsArgs),
     /// WebSocket echo round trips.
     WsEcho(wsecho::WsEchoArgs),
     /// HTTP/1.1 keep-alive load: closed loop, or paced at a rate per client.
@@ -58,6 +66,8 @@ fn main() -> ExitCode {
         Command::Run(a) => run::main(a),
         Command::BarePingora(a) => bare::main(a),
         Command::Longpoll(a) => client::print_result(longpoll::main(a)),
+        Command::SseFanout(a) => client::print_result(sse_fanout::main(a)),
+        Command::H2Polls(a) => client::print_result(h2_polls::main(a)),
         Command::WsEcho(a) => client::print_result(wsecho::main(a)),
         Command::HttpLoad(a) => client::print_result(load::main(a)),
     }

@@ -19,6 +19,7 @@ mod s3_longpoll;
 mod s4_backend_load;
 mod s5_websocket;
 mod s6_plain_proxy;
+mod s7_transports;
 mod servers;
 mod wrk;
 
@@ -39,7 +40,8 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "smoke")]
     quick: bool,
     /// CI check: scenario 1 (pollgate only), a small long-poll fan-out and a few clients
-    /// re-polling (latest and cursor routes), asserting correctness.
+    /// re-polling (latest and cursor routes), a few HTTPS cache hits and 20 EventSource streams,
+    /// asserting correctness.
     #[arg(long)]
     smoke: bool,
     /// Where results.md and results.json go.
@@ -55,7 +57,7 @@ pub struct RunArgs {
     /// Do not pin servers and load generators to separate CPUs.
     #[arg(long)]
     no_pin: bool,
-    /// Run only these scenarios (1-6, comma-separated).
+    /// Run only these scenarios (1-7, comma-separated).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
     /// Override the measured duration of each HTTP load run (seconds).
@@ -163,16 +165,18 @@ fn run(a: RunArgs, mode: Mode) -> Result<ExitCode, String> {
     }
     let want = |n: u32| a.only.is_empty() || a.only.contains(&n);
     let mut failures = Vec::new();
-    let scenarios: [(u32, ScenarioFn); 5] = [
+    let scenarios: [(u32, ScenarioFn); 6] = [
         (1, s1_s2_cache_hit::s1_s2),
         (3, s3_longpoll::s3),
         (4, s4_backend_load::s4),
         (5, s5_websocket::s5),
         (6, s6_plain_proxy::s6),
+        (7, s7_transports::s7),
     ];
     for (n, f) in scenarios {
         let n_wanted = want(n) || (n == 1 && want(2));
-        if !n_wanted || (mode == Mode::Smoke && n > 3) {
+        // Scenario 7's smoke is a small correctness check (a few HTTPS GETs, 20 SSE streams).
+        if !n_wanted || (mode == Mode::Smoke && (4..7).contains(&n)) {
             continue;
         }
         let t0 = Instant::now();

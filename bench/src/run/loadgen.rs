@@ -56,6 +56,14 @@ impl Env {
         expect_status: u16,
         expect_body: Option<&Path>,
     ) -> Result<Measure, String> {
+        // `https://ADDR`: wrk only, and the caller checks the answer (our client speaks no TLS).
+        if let Some(host) = addr.strip_prefix("https://") {
+            let wrk = self
+                .wrk
+                .as_ref()
+                .ok_or("load over https needs wrk, which is not installed")?;
+            return self.wrk_load(wrk, &format!("https://{host}{path}"), headers, secs, 0);
+        }
         // One checked request first: the right status and body, and its size on the wire.
         let hdrs = client::parse_headers(headers)?;
         let check = self.block(async {
@@ -89,30 +97,7 @@ impl Env {
         let wire = r.wire_len as u64;
         let conns = self.plan.conns;
         if let Some(wrk) = &self.wrk {
-            let run = |secs: f64| -> Result<Measure, String> {
-                let mut cmd = procs::command(wrk, self.client_cpu.as_deref());
-                cmd.args([
-                    "-t1",
-                    &format!("-c{conns}"),
-                    &format!("-d{}s", secs.ceil().max(1.0) as u64),
-                    "--timeout",
-                    "5s",
-                    "--latency",
-                ]);
-                for h in headers {
-                    cmd.arg("-H").arg(h);
-                }
-                cmd.arg(format!("http://{addr}{path}"));
-                let out = output_bounded(cmd, Duration::from_secs_f64(secs + 30.0), "wrk")?;
-                let mut m =
-                    parse_wrk(&out).ok_or_else(|| format!("cannot read wrk's output:\n{out}"))?;
-                m.bytes_per_response = wire;
-                Ok(m)
-            };
-            if self.plan.warmup_s > 0.0 {
-                run(self.plan.warmup_s)?;
-            }
-            return run(secs);
+            return self.wrk_load(wrk, &format!("http://{addr}{path}"), headers, secs, wire);
         }
         let mut args: Vec<String> = vec![
             "--target".into(),
@@ -136,6 +121,42 @@ impl Env {
         }
         let v = self.client("http-load", &args, Duration::from_secs_f64(secs + 60.0))?;
         Ok(Measure::from_http_load(&v, wire))
+    }
+
+    /// wrk (`-t1`, `plan.conns` connections) on `url` for `secs`, after the plan's warm-up.
+    fn wrk_load(
+        &self,
+        wrk: &Path,
+        url: &str,
+        headers: &[String],
+        secs: f64,
+        wire: u64,
+    ) -> Result<Measure, String> {
+        let conns = self.plan.conns;
+        let run = |secs: f64| -> Result<Measure, String> {
+            let mut cmd = procs::command(wrk, self.client_cpu.as_deref());
+            cmd.args([
+                "-t1",
+                &format!("-c{conns}"),
+                &format!("-d{}s", secs.ceil().max(1.0) as u64),
+                "--timeout",
+                "5s",
+                "--latency",
+            ]);
+            for h in headers {
+                cmd.arg("-H").arg(h);
+            }
+            cmd.arg(url);
+            let out = output_bounded(cmd, Duration::from_secs_f64(secs + 30.0), "wrk")?;
+            let mut m =
+                parse_wrk(&out).ok_or_else(|| format!("cannot read wrk's output:\n{out}"))?;
+            m.bytes_per_response = wire;
+            Ok(m)
+        };
+        if self.plan.warmup_s > 0.0 {
+            run(self.plan.warmup_s)?;
+        }
+        run(secs)
     }
 
     /// Paced keep-alive load (`http-load --rate`): `conns` clients at `rate` requests/s each, so
