@@ -148,10 +148,14 @@ impl Certificates {
     }
 
     /// pingora's settings for the TLS listener: Mozilla's intermediate profile, the
-    /// certificate from this slot at each handshake, and ALPN `h2` preferred to `http/1.1`.
+    /// certificate from this slot at each handshake, ALPN `h2` preferred to `http/1.1`, and
+    /// read-ahead.
     pub fn settings(&self) -> pingora_core::Result<TlsSettings> {
         let mut settings = TlsSettings::with_callbacks(Box::new(self.clone()))?;
         settings.enable_h2();
+        // Without read-ahead OpenSSL reads each record in two `recv`s (its 5-byte header, then
+        // the rest): a third more system calls per request than cleartext. nginx sets it too.
+        settings.set_read_ahead(true);
         Ok(settings)
     }
 }
