@@ -6,35 +6,9 @@ mod common;
 
 use common::http2::{get, h2_tls, h2c, read, start};
 use common::sse::{Item, Parser};
-use common::tls::TestCa;
+use common::tls::{TestCa, TRANSPORT_ROUTES};
 use common::*;
 use std::time::Duration;
-
-const ROUTES: &str = r#"routes:
-  - name: prices
-    path: "/api/prices/{topic}"
-    upstream: backend
-    access: public
-    subscribe:
-      path: "/ws/prices/{topic}"
-    mode: latest
-    long_poll: 20s
-    hold_on: [prefer, if-none-match]
-    first_message_wait: 2s
-  - name: news
-    path: "/api/news/{topic}"
-    upstream: backend
-    access: public
-    subscribe:
-      path: "/ws/news/{topic}"
-    mode: since
-    history: 100
-    long_poll: 20s
-    first_message_wait: 2s
-  - name: default
-    prefix: "/"
-    upstream: backend
-"#;
 
 const HELD: &str = r#"pollgate_long_polls_held{route="prices"}"#;
 
@@ -44,7 +18,7 @@ fn config(up: &Upstream, extra: &str) -> String {
   backend:
     address: "{}"
     read_timeout: 5s
-{ROUTES}"#,
+{TRANSPORT_ROUTES}"#,
         up.addr
     )
 }

@@ -4,35 +4,9 @@
 
 mod common;
 
-use common::tls::{peer_serial, request_on, TestCa};
+use common::tls::{peer_serial, request_on, TestCa, TRANSPORT_ROUTES};
 use common::*;
 use std::path::Path;
-
-const ROUTES: &str = r#"routes:
-  - name: prices
-    path: "/api/prices/{topic}"
-    upstream: backend
-    access: public
-    subscribe:
-      path: "/ws/prices/{topic}"
-    mode: latest
-    long_poll: 20s
-    hold_on: [prefer, if-none-match]
-    first_message_wait: 2s
-  - name: news
-    path: "/api/news/{topic}"
-    upstream: backend
-    access: public
-    subscribe:
-      path: "/ws/news/{topic}"
-    mode: since
-    history: 100
-    long_poll: 20s
-    first_message_wait: 2s
-  - name: default
-    prefix: "/"
-    upstream: backend
-"#;
 
 fn config(up: &Upstream, cert: &Path, key: &Path) -> String {
     format!(
@@ -44,7 +18,7 @@ upstreams:
   backend:
     address: "{}"
     read_timeout: 5s
-{ROUTES}"#,
+{TRANSPORT_ROUTES}"#,
         cert.display(),
         key.display(),
         up.addr
