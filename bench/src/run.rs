@@ -19,6 +19,7 @@ mod s4_backend_load;
 mod s5_websocket;
 mod s6_plain_proxy;
 mod servers;
+mod usage;
 mod wrk;
 
 use crate::client;

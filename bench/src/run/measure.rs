@@ -107,7 +107,7 @@ pub(super) const HTTP_COLUMNS: &[&str] = &[
 /// of `a`'s req/s over `b`'s in the same round (measured back to back, so a slow spell of the
 /// machine hits both), with every round's ratio. Without rounds: the ratio of the two runs.
 pub(super) fn paired_ratio(a: &Measure, b: &Measure) -> (f64, Vec<f64>) {
-    let mut each: Vec<f64> = a
+    let each: Vec<f64> = a
         .rounds
         .iter()
         .zip(&b.rounds)
@@ -116,15 +116,19 @@ pub(super) fn paired_ratio(a: &Measure, b: &Measure) -> (f64, Vec<f64>) {
     if each.is_empty() {
         return (ratio(a.rps, b.rps), Vec::new());
     }
-    let in_order = each.clone();
-    each.sort_by(f64::total_cmp);
-    let n = each.len();
-    let median = if n % 2 == 1 {
-        each[n / 2]
-    } else {
-        (each[n / 2 - 1] + each[n / 2]) / 2.0
-    };
-    (median, in_order)
+    (median(&each), each)
+}
+
+/// The median of `xs` (the mean of the two middle values for an even count; 0 for none).
+pub(super) fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// How a paired ratio reads in the targets table: the median, every round, and the ratio of

@@ -22,7 +22,10 @@ pub(super) struct Plan {
     pub(super) s4_rate: f64,
     pub(super) s4_s: f64,
     pub(super) ws_clients: usize,
+    /// Seconds of each echo run, per contender and round.
     pub(super) ws_s: f64,
+    /// New tunnels opened per contender and round, one at a time (first-message latency).
+    pub(super) ws_fresh: usize,
 }
 
 impl Plan {
@@ -40,7 +43,8 @@ impl Plan {
                 s4_rate: 2.0,
                 s4_s: 30.0,
                 ws_clients: 20,
-                ws_s: 10.0,
+                ws_s: 4.0,
+                ws_fresh: 2000,
             },
             Mode::Quick => Plan {
                 http_s: 3.0,
@@ -55,6 +59,7 @@ impl Plan {
                 s4_s: 8.0,
                 ws_clients: 20,
                 ws_s: 3.0,
+                ws_fresh: 1000,
             },
             Mode::Smoke => Plan {
                 http_s: 2.0,
@@ -69,6 +74,7 @@ impl Plan {
                 s4_s: 0.0,
                 ws_clients: 0,
                 ws_s: 0.0,
+                ws_fresh: 0,
             },
         }
     }
