@@ -15,8 +15,8 @@
 //!   connections) or [`proxy::session`] (pingora's). Bodiless requests are forwarded by [`proxy::forward`]
 //!   (answers read by [`proxy::response`]) over connections from [`proxy::upstream`], which
 //!   also gives poll fallbacks and [`proxy::access`] (`auth_request`) pingora's HTTP/1
-//!   client; bodies and WebSocket handshakes go to
-//!   pingora's proxy with [`proxy::Gateway`]. [`proxy::headers`]: one set of hop-by-hop and
+//!   client; a WebSocket handshake is forwarded the same way and, after its `101`, relayed
+//!   both ways by [`proxy::tunnel`]; bodies go to pingora's proxy with [`proxy::Gateway`]. [`proxy::headers`]: one set of hop-by-hop and
 //!   `X-Forwarded-*` rules for both. [`proxy::shadow`]: sampled polls also asked of the backend,
 //!   off the client's path, and compared with the cache (`shadow` on a poll route).
 //! - [`topic`]: topic names (dot segments refused) and the one encoder for upstream paths.
@@ -43,8 +43,9 @@
 //!   │     Hub::topic (subscribe once) ── warm: hit / 304 / held until news / since-array
 //!   │     cold or too stale ──► fallback ──┐
 //!   │ proxy, no body ──► forward ──────────┴──► upstream (pingora's connector, pooled) ──► backend
-//!   └ body or WebSocket handshake (or fast_paths: false) ──► pingora ──► Gateway
-//!         (the same dispatch, poll core and header rules) ──► backend / tunnel
+//!   │ WebSocket handshake ──► forward ──► 101 ──► tunnel (both sockets relayed) ◄──► backend
+//!   └ body (or fast_paths: false) ──► pingora ──► Gateway
+//!         (the same dispatch, poll core and header rules) ──► backend / pingora's tunnel
 //! backend WebSocket ──► subscription ──► Hub::ingest ──► Topic::publish ──► wakes held polls
 //!                                                                          and streams
 //! ```

@@ -21,6 +21,7 @@ mod s5_websocket;
 mod s6_plain_proxy;
 mod s7_transports;
 mod servers;
+mod usage;
 mod wrk;
 
 use crate::client;

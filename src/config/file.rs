@@ -78,8 +78,9 @@ pub struct FileConfig {
     pub max_sse_streams: Option<usize>,
     /// One log line per request, target `access` (default true).
     pub access_log: Option<bool>,
-    /// Answer polls and forward bodiless requests in pollgate's own connection loop (default
-    /// true); false sends every request through pingora's proxy (slower; for diagnosis).
+    /// Answer polls, forward bodiless requests and relay WebSocket tunnels in pollgate's own
+    /// connection loop (default true); false sends every request through pingora's proxy
+    /// (slower; for diagnosis).
     pub fast_paths: Option<bool>,
     /// Open client connections, idle keep-alive ones included (default 50000).
     pub max_connections: Option<usize>,
@@ -120,7 +121,8 @@ pub struct FileUpstream {
     pub write_timeout: Option<ConfDuration>,
     /// Idle upstream keep-alive connections are closed after this (default 60s).
     pub idle_timeout: Option<ConfDuration>,
-    /// A passed-through WebSocket tunnel may be idle this long, both sides (default 15m).
+    /// A passed-through WebSocket tunnel is closed once nothing has crossed it, either way,
+    /// for this long (default 15m).
     pub websocket_idle_timeout: Option<ConfDuration>,
     /// Reuse idle connections to this upstream (default true); false opens one connection per
     /// request and asks the upstream to close it.

@@ -2,8 +2,9 @@
 //! the request-head deadline, the one validator (`request.rs`) and the keep-alive loop.
 //!
 //! Every request head is read and judged here. What pollgate answers itself (polls, errors,
-//! bodiless forwards) is written by `wire.rs`; requests with a body and WebSocket handshakes
-//! go to pingora's proxy (`gateway.rs`), one request at a time through `process_new_http`, as
+//! bodiless forwards) is written by `wire.rs`; a WebSocket handshake is forwarded and its tunnel
+//! relayed here too (`tunnel.rs`); requests with a body go to pingora's proxy (`gateway.rs`),
+//! one request at a time through `process_new_http`, as
 //! pingora documents for custom accept loops, with exactly that request's bytes, so a request
 //! pipelined behind it stays here. With `fast_paths: false` every request goes to pingora.
 //!
@@ -21,7 +22,7 @@ use super::poll::{self, EventStream, Outcome, PollRequest, Step, WRITE_LIMIT};
 use super::request::{self, Parsed, RequestHead};
 use super::router::{Dispatch, RouteEntry};
 use super::state::GatewayState;
-use super::{cors, h2, handshake, wire};
+use super::{cors, h2, handshake, tunnel, wire};
 use crate::limits;
 use crate::metrics::METRICS;
 use async_trait::async_trait;
@@ -141,7 +142,8 @@ impl ConnectionApp {
                                 client: &client,
                                 draining: *shutdown.borrow(),
                             };
-                            break (self.dispatch(&head, &mut conn, buf.len()).await, len);
+                            let rest = &buf[len..];
+                            break (self.dispatch(&head, &mut conn, rest).await, len);
                         }
                     }
                 }
@@ -196,8 +198,10 @@ impl ConnectionApp {
         }
     }
 
-    /// Decides what the request is and serves it, or says it is pingora's.
-    async fn dispatch(&self, head: &RequestHead<'_>, c: &mut Conn<'_>, buffered: usize) -> Served {
+    /// Decides what the request is and serves it, or says it is pingora's. `rest`: the bytes
+    /// read behind the head.
+    async fn dispatch(&self, head: &RequestHead<'_>, c: &mut Conn<'_>, rest: &[u8]) -> Served {
+        let buffered = head.len + rest.len();
         if !self.state.fast_paths() {
             return pingora(head, buffered);
         }
@@ -220,7 +224,13 @@ impl ConnectionApp {
                 self.local(c, head, &m.entry.route.name, a, keep_alive, start)
                     .await
             }
-            Dispatch::Tunnel(_) => pingora(head, buffered),
+            // A body before a tunnel is rare enough to leave to pingora, which frames it.
+            Dispatch::Tunnel(_) if head.has_body() => pingora(head, buffered),
+            // Boxed: a tunnel's state would otherwise sit in every connection's future, held
+            // polls included.
+            Dispatch::Tunnel(m) => {
+                Box::pin(self.tunnel(c, head, m.entry, keep_alive, start, rest)).await
+            }
             Dispatch::Preflight(m) => {
                 let Some(rules) = &m.entry.route.cors else {
                     return Served::Close;
@@ -314,17 +324,7 @@ impl ConnectionApp {
         start: Instant,
         origin: Option<(&crate::config::Cors, cors::OriginCheck)>,
     ) -> Served {
-        let mut client = Client {
-            io: c.io,
-            out: c.out,
-            pipelined: c.pipelined,
-            ip: c
-                .ip
-                .map(|ip| c.ip_text.get_or_insert_with(|| ip.to_string()).as_str()),
-            https: c.https,
-            keep_alive,
-            cors: origin,
-        };
+        let mut client = c.client(keep_alive, origin, false);
         // Boxed: a forward's state would otherwise sit in every connection's future, held polls
         // included.
         let done = Box::pin(forward::forward(
@@ -381,6 +381,56 @@ impl ConnectionApp {
         Served::Close
     }
 
+    /// A genuine WebSocket handshake: its tunnel slots, the handshake forwarded, and after a
+    /// `101` the two sockets relayed until the tunnel ends (`tunnel.rs`). Logged once, at the
+    /// end, as pingora's proxy logs its tunnels.
+    async fn tunnel(
+        &self,
+        c: &mut Conn<'_>,
+        head: &RequestHead<'_>,
+        entry: &RouteEntry,
+        keep_alive: bool,
+        start: Instant,
+        rest: &[u8],
+    ) -> Served {
+        let limits = self.state.limits();
+        let Some(slots) = tunnel::take_slots(&self.state.websockets, &limits, entry) else {
+            let a = Answer::unavailable(tunnel::REFUSED);
+            let ok = wire::send_answer(c.io, c.out, &a, false, keep_alive)
+                .await
+                .is_ok();
+            self.finish(c, head, entry, Kind::WebSocket, a.status, start, "");
+            return if ok && keep_alive {
+                Served::KeepAlive
+            } else {
+                Served::Close
+            };
+        };
+        let mut client = c.client(keep_alive, None, true);
+        let done = forward::forward(&self.state.client, &mut client, head, entry).await;
+        let Some(upstream) = done.switched else {
+            // Refused by the upstream (or failed): relayed like any forwarded answer.
+            let error = done.error.and_then(|f| f.kind()).unwrap_or("");
+            self.finish(c, head, entry, Kind::WebSocket, done.status, start, error);
+            return if done.keep_alive {
+                Served::KeepAlive
+            } else {
+                Served::Close
+            };
+        };
+        let open = tunnel::Open::counted();
+        // What the client sent behind its handshake, then while the upstream answered.
+        let mut early = Vec::with_capacity(rest.len() + c.pipelined.len());
+        early.extend_from_slice(rest);
+        early.extend_from_slice(c.pipelined);
+        let idle = entry.route.upstream.websocket_idle_timeout;
+        let ended = tunnel::relay(c.io, &early, upstream, idle).await;
+        drop(open);
+        drop(slots);
+        self.finish(c, head, entry, Kind::WebSocket, 101, start, ended.error());
+        Served::Close
+    }
+
     /// Writes an answer the gateway gives itself (404, a refused handshake).
     async fn local(
         &self,
@@ -428,7 +478,7 @@ impl ConnectionApp {
         error: &str,
     ) {
         let upstream = match kind {
-            Kind::Proxy | Kind::Fallback => entry.route.upstream.name.as_str(),
+            Kind::Proxy | Kind::Fallback | Kind::WebSocket => entry.route.upstream.name.as_str(),
             _ => "-",
         };
         finish(
@@ -515,6 +565,29 @@ struct Conn<'a> {
     ip_text: &'a mut Option<String>,
     client: &'a Option<String>,
     draining: bool,
+}
+
+impl Conn<'_> {
+    /// The connection as a forward sees it.
+    fn client<'c>(
+        &'c mut self,
+        keep_alive: bool,
+        cors: Option<(&'c crate::config::Cors, cors::OriginCheck)>,
+        tunnel: bool,
+    ) -> Client<'c> {
+        Client {
+            io: self.io,
+            out: self.out,
+            pipelined: self.pipelined,
+            ip: self
+                .ip
+                .map(|ip| self.ip_text.get_or_insert_with(|| ip.to_string()).as_str()),
+            https: self.https,
+            keep_alive,
+            cors,
+            tunnel,
+        }
+    }
 }
 
 #[async_trait]

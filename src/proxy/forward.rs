@@ -5,8 +5,9 @@
 //!
 //! Why not pingora's HTTP/1 client here: measured side by side (docs/benchmarks.md, scenario
 //! 6) its session and header maps cost a third of plain-proxy throughput. Requests with a body
-//! and WebSocket handshakes still go through pingora's proxy; `tests/differential.rs` and the
-//! probe suites hold this path to that one.
+//! still go through pingora's proxy; `tests/differential.rs` and the probe suites hold this path
+//! to that one. A WebSocket handshake is forwarded here too (`Client::tunnel`): a `101` ends the
+//! exchange and hands the upstream connection to `tunnel.rs`.
 //!
 //! The client's framing is this hop's to write: a known length stays `Content-Length`,
 //! anything else is re-chunked for an HTTP/1.1 client or delimited by the close for an
@@ -41,6 +42,9 @@ pub struct Forwarded {
     pub error: Option<Failure>,
     /// The client connection may carry another request.
     pub keep_alive: bool,
+    /// A WebSocket handshake the upstream accepted: its `101` (and whatever the upstream sent
+    /// after it) went to the client, and this upstream connection is the tunnel's other end.
+    pub switched: Option<Stream>,
 }
 
 /// Everything a forward needs from the connection.
@@ -58,6 +62,9 @@ pub struct Client<'a> {
     /// A route with `cors`: its rules and the request's origin (the backend's CORS headers are
     /// replaced).
     pub cors: Option<(&'a crate::config::Cors, super::cors::OriginCheck)>,
+    /// A WebSocket handshake (`tunnel.rs`): sent with its `Upgrade`, and a `101` answer ends
+    /// the exchange with the upstream connection handed back.
+    pub tunnel: bool,
 }
 
 /// Forwards `head` to `entry`'s upstream and relays the answer to the client.
@@ -69,10 +76,17 @@ pub async fn forward(
 ) -> Forwarded {
     let up = &entry.route.upstream;
     match exchange(upstream, c, head, up).await {
-        Ok((status, keep_alive)) => Forwarded {
+        Ok(Relayed::Answer(status, keep_alive)) => Forwarded {
             status,
             error: None,
             keep_alive,
+            switched: None,
+        },
+        Ok(Relayed::Switched(io)) => Forwarded {
+            status: 101,
+            error: None,
+            keep_alive: false,
+            switched: Some(io),
         },
         Err((f, sent)) => {
             f.count(&up.name);
@@ -90,6 +104,7 @@ pub async fn forward(
                 status,
                 error: Some(f),
                 keep_alive: false,
+                switched: None,
             }
         }
     }
@@ -110,7 +125,14 @@ async fn client_gone(io: &mut Stream, pipelined: &mut BytesMut) {
     }
 }
 
-type Exchanged = Result<(u16, bool), (Failure, Option<u16>)>;
+/// What the client got: an answer (its status, and whether the client connection stays open),
+/// or a `101` and the upstream connection behind it.
+enum Relayed {
+    Answer(u16, bool),
+    Switched(Stream),
+}
+
+type Exchanged = Result<Relayed, (Failure, Option<u16>)>;
 
 /// An upstream connection and what was read from it but not yet used.
 struct Upstream_ {
@@ -169,7 +191,13 @@ async fn exchange(
         let mut u = Upstream_ {
             io,
             buf: BytesMut::new(),
-            read_timeout: up.read_timeout,
+            // A handshake's answer waits as long as pingora's proxy lets it (its peer for a
+            // tunnel reads with the tunnel's idle timeout).
+            read_timeout: if c.tunnel {
+                up.websocket_idle_timeout
+            } else {
+                up.read_timeout
+            },
         };
         // Built again for a retry, rather than kept for one that rarely comes.
         headers::write_upstream_request(
@@ -180,6 +208,7 @@ async fn exchange(
             head.values("connection"),
             c.ip,
             c.https,
+            c.tunnel,
             up,
         );
         // pingora's stream may buffer writes: the flush sends them.
@@ -205,6 +234,14 @@ async fn exchange(
     };
     // Interim answers (103 Early Hints) reach HTTP/1.1 clients only: HTTP/1.0 has none.
     while answer.0.status < 200 {
+        if answer.0.status == 101 {
+            // Only a handshake gets this far with a 101 (`client_head`). The head, and what
+            // the upstream sent right behind it (a backend that speaks first), go out together.
+            let _ = u.buf.split_to(answer.0.len);
+            c.out.extend_from_slice(&u.buf);
+            flush_out(c).await.map_err(|f| (f, Some(101)))?;
+            return Ok(Relayed::Switched(u.io));
+        }
         if !head.http10 && c.io.write_all(c.out).await.is_err() {
             return fail(Failure::Downstream);
         }
@@ -222,7 +259,7 @@ async fn exchange(
             if clean && h.reusable && up.keepalive && u.buf.is_empty() {
                 upstream.put_back(up, u.io);
             }
-            Ok((h.status, f.keep_alive))
+            Ok(Relayed::Answer(h.status, f.keep_alive))
         }
         Err((e, written)) => Err((e, written.then_some(h.status))),
     }
@@ -262,8 +299,8 @@ fn client_head(
     let Some((h, lines)) = response::head(buf, &mut slots, req.is_head())? else {
         return Ok(None);
     };
-    // Nobody asked for an upgrade on this path.
-    if h.len > MAX_RESPONSE_HEAD || h.status == 101 {
+    // Only a handshake asked for an upgrade.
+    if h.len > MAX_RESPONSE_HEAD || (h.status == 101 && !c.tunnel) {
         return Err(Failure::Protocol);
     }
     c.out.clear();

@@ -1,6 +1,6 @@
 //! The `ProxyHttp` implementation: the requests pollgate's connection loop hands to pingora
-//! (bodies, WebSocket handshakes, or everything with `fast_paths: false`). Every head it sees
-//! already passed the validator in `request.rs`.
+//! (bodies, including a handshake with one, or everything with `fast_paths: false`). Every
+//! head it sees already passed the validator in `request.rs`.
 //!
 //! `request_filter` routes the request ([`Router::dispatch`], the same decision the connection
 //! loop makes) and either answers it itself through [`super::session`] (404, malformed
@@ -16,8 +16,7 @@ use super::router::{Dispatch, RouteEntry, Router};
 use super::session;
 use super::state::GatewayState;
 use super::upstream::{self, Failure};
-use super::{cors, handshake};
-use crate::limits;
+use super::{cors, handshake, tunnel};
 use crate::metrics::METRICS;
 use async_trait::async_trait;
 use pingora_core::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
@@ -48,7 +47,7 @@ pub struct Ctx {
     status: u16,
     tunnel_open: bool,
     /// Global and per-route WebSocket tunnel slots, held for the tunnel's life.
-    tunnel_slots: Option<(limits::Slot, Option<limits::Slot>)>,
+    tunnel_slots: Option<tunnel::Slots>,
     /// On a proxy route with `cors`: the request's origin, for the relayed answer.
     origin: Option<cors::OriginCheck>,
 }
@@ -181,22 +180,12 @@ impl ProxyHttp for Gateway {
                 ctx.route = Some(m.index);
                 ctx.kind = Kind::WebSocket;
                 let limits = self.state.limits();
-                let route_cap = m.entry.route.max_websockets;
-                let global = limits::try_take(&self.state.websockets, limits.max_websockets);
-                let local = match (global.is_some(), route_cap) {
-                    (true, Some(max)) => limits::try_take(&m.entry.websockets, max).map(Some),
-                    (true, None) => Some(None),
-                    (false, _) => None,
-                };
-                let (Some(g), Some(l)) = (global, local) else {
-                    METRICS
-                        .rejected
-                        .with_label_values(&[&m.entry.route.name, "max_websockets"])
-                        .inc();
-                    let a = Answer::unavailable("too many WebSocket tunnels");
+                let Some(slots) = tunnel::take_slots(&self.state.websockets, &limits, m.entry)
+                else {
+                    let a = Answer::unavailable(tunnel::REFUSED);
                     return answer(session, ctx, a).await;
                 };
-                ctx.tunnel_slots = Some((g, l));
+                ctx.tunnel_slots = Some(slots);
                 // The client's side of an idle tunnel must outlive pingora's 60 s default read
                 // timeout, for as long as the upstream's `websocket_idle_timeout`.
                 let idle = m.entry.route.upstream.websocket_idle_timeout;

@@ -178,8 +178,8 @@ pub fn upstream_request<'l, 'c>(
 }
 
 /// [`upstream_lines`] as the bytes pingora's client would write for the same request
-/// (`METHOD TARGET HTTP/1.1`, the lines, the blank line): pollgate's forward path writes them
-/// itself.
+/// (`METHOD TARGET HTTP/1.1`, the lines, the blank line): pollgate's forward path and its
+/// tunnels (`upgrade`) write them themselves.
 #[allow(clippy::too_many_arguments)]
 pub fn write_upstream_request<'l, 'c>(
     out: &mut Vec<u8>,
@@ -189,6 +189,7 @@ pub fn write_upstream_request<'l, 'c>(
     connection: impl Iterator<Item = &'c [u8]>,
     client_ip: Option<&str>,
     https: bool,
+    upgrade: bool,
     up: &Upstream,
 ) {
     out.clear();
@@ -196,7 +197,7 @@ pub fn write_upstream_request<'l, 'c>(
     out.push(b' ');
     out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    upstream_lines(lines, connection, client_ip, https, false, up, |n, v| {
+    upstream_lines(lines, connection, client_ip, https, upgrade, up, |n, v| {
         out.extend_from_slice(n);
         out.extend_from_slice(b": ");
         out.extend_from_slice(v);
@@ -404,10 +405,54 @@ mod tests {
             conn.iter().copied(),
             ip,
             false,
+            false,
             &up(),
         );
         let wire = pingora_core::protocols::http::v1::client::http_req_header_to_wire(&r).unwrap();
         assert_eq!(direct, wire.to_vec());
+    }
+
+    #[test]
+    fn a_handshake_sends_the_same_bytes_on_both_paths() {
+        let l = lines(&[
+            ("Host", "example.com"),
+            ("Connection", "keep-alive, Upgrade"),
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Keep-Alive", "timeout=5"),
+        ]);
+        let conn: Vec<&[u8]> = vec![b"keep-alive, Upgrade"];
+        let ip = Some("127.0.0.1");
+        let r = upstream_request(
+            "GET",
+            b"/ws?a=1",
+            l.iter().copied(),
+            conn.iter().copied(),
+            ip,
+            false,
+            true,
+            &up(),
+        )
+        .unwrap();
+        let mut direct = Vec::new();
+        write_upstream_request(
+            &mut direct,
+            "GET",
+            b"/ws?a=1",
+            l.iter().copied(),
+            conn.iter().copied(),
+            ip,
+            false,
+            true,
+            &up(),
+        );
+        let wire = pingora_core::protocols::http::v1::client::http_req_header_to_wire(&r).unwrap();
+        assert_eq!(direct, wire.to_vec());
+        let text = String::from_utf8(direct).unwrap();
+        assert!(text.contains("\r\nUpgrade: websocket\r\n"), "{text}");
+        assert!(text.ends_with("\r\nConnection: upgrade\r\n\r\n"), "{text}");
+        assert!(!text.contains("Keep-Alive"), "{text}");
     }
 
     #[test]

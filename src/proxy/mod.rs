@@ -12,8 +12,10 @@
 //!   [`response`], connections from [`upstream`] (which also serves poll fallbacks and
 //!   [`access`], `auth_request`, through pingora's HTTP/1 client). [`headers`]: the hop-by-hop
 //!   and `X-Forwarded-*` rules of both paths.
-//! - [`gateway`]: the `ProxyHttp` implementation for what pingora proxies (bodies, WebSocket
-//!   tunnels, everything with `fast_paths: false`).
+//! - [`tunnel`]: WebSocket tunnels: their slots under `max_websockets`, their metrics, and the
+//!   relay of both sockets after the `101` the forward path relayed.
+//! - [`gateway`]: the `ProxyHttp` implementation for what pingora proxies (bodies, handshakes
+//!   with a body, everything with `fast_paths: false`).
 //! - [`state`]: the shared [`GatewayState`]; [`log`]: counting and the access log.
 
 pub mod access;
@@ -36,6 +38,7 @@ pub mod session;
 pub mod shadow;
 pub mod slots;
 pub mod state;
+pub mod tunnel;
 pub mod upstream;
 pub mod wire;
 

@@ -37,7 +37,8 @@ pub enum Dispatch<'a> {
     NotFound,
     /// A malformed WebSocket handshake: `400` with the reason; it never reaches the backend.
     BadHandshake(Match<'a>, &'static str),
-    /// A genuine WebSocket handshake: passed through to the backend (pingora's tunnel).
+    /// A genuine WebSocket handshake: passed through to the backend (pollgate's relay,
+    /// `tunnel.rs`; pingora's tunnel with `fast_paths: false`).
     Tunnel(Match<'a>),
     /// A CORS preflight on a route with `cors`: answered by the gateway.
     Preflight(Match<'a>),

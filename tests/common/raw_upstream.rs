@@ -229,3 +229,33 @@ pub fn websocket_text(payload: &str) -> Vec<u8> {
     f.extend_from_slice(p);
     f
 }
+
+/// The upstream end of one tunnel: accepts a connection on `l`, reads a WebSocket handshake
+/// head, answers it with `101`, and gives back the socket, the head, and the bytes that came
+/// behind the head. Panics (with what arrived) if no handshake comes within 10 s.
+pub async fn accept_tunnel(l: &TcpListener) -> (tokio::net::TcpStream, String, Vec<u8>) {
+    let limit = Duration::from_secs(10);
+    let (mut s, _) = tokio::time::timeout(limit, l.accept())
+        .await
+        .expect("a connection from the gateway within 10 s")
+        .unwrap();
+    let _ = s.set_nodelay(true);
+    let mut buf = Vec::new();
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(limit, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            other => panic!(
+                "no handshake head ({other:?}); received {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let accept = websocket_accept(&head).unwrap_or_else(|| panic!("not a handshake: {head}"));
+    s.write_all(&accept).await.unwrap();
+    (s, head, buf[end + 4..].to_vec())
+}

@@ -138,3 +138,20 @@ pub(super) fn proxy_pass_block(backend: &str) -> String {
   }"#
     .replace("@BACKEND@", backend)
 }
+
+/// Scenario 5: WebSocket proxying as nginx documents it (`proxy_pass` over HTTP/1.1 with the
+/// client's `Upgrade` passed on and `Connection: upgrade`), to the sample backend.
+pub(super) fn websocket_block(backend: &str) -> String {
+    r#"  server {
+    listen @LISTEN@;
+    location / {
+      proxy_pass http://@BACKEND@;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }
+  }"#
+    .replace("@BACKEND@", backend)
+}

@@ -30,7 +30,10 @@ pub(super) struct Plan {
     pub(super) s4_rate: f64,
     pub(super) s4_s: f64,
     pub(super) ws_clients: usize,
+    /// Seconds of each echo run, per contender and round.
     pub(super) ws_s: f64,
+    /// New tunnels opened per contender and round, one at a time (first-message latency).
+    pub(super) ws_fresh: usize,
 }
 
 impl Plan {
@@ -52,7 +55,8 @@ impl Plan {
                 s4_rate: 2.0,
                 s4_s: 30.0,
                 ws_clients: 20,
-                ws_s: 10.0,
+                ws_s: 4.0,
+                ws_fresh: 2000,
             },
             Mode::Quick => Plan {
                 http_s: 3.0,
@@ -71,6 +75,7 @@ impl Plan {
                 s4_s: 8.0,
                 ws_clients: 20,
                 ws_s: 3.0,
+                ws_fresh: 1000,
             },
             Mode::Smoke => Plan {
                 http_s: 2.0,
@@ -89,6 +94,7 @@ impl Plan {
                 s4_s: 0.0,
                 ws_clients: 0,
                 ws_s: 0.0,
+                ws_fresh: 0,
             },
         }
     }

@@ -8,11 +8,25 @@ use std::path::Path;
 use std::time::Instant;
 
 /// CPU counters at one instant (clock ticks of 10 ms).
-struct CpuSnap {
+pub(super) struct CpuSnap {
     busy: u64,
     steal: u64,
     process: u64,
     at: Instant,
+}
+
+impl CpuSnap {
+    /// From `self` to `after`: the share of the server CPU used by anything but the server, and
+    /// the share stolen by the host (percent).
+    pub(super) fn interference(&self, after: &CpuSnap) -> (f64, f64) {
+        let wall = after.at.duration_since(self.at).as_secs_f64() * 100.0; // ticks
+        let foreign = (after.busy - self.busy) as f64 - (after.process - self.process) as f64;
+        let steal = (after.steal - self.steal) as f64;
+        (
+            (foreign / wall * 100.0).clamp(0.0, 100.0),
+            (steal / wall * 100.0).clamp(0.0, 100.0),
+        )
+    }
 }
 
 /// One contender's HTTP load, as measured in [`Env::rounds`].
@@ -53,11 +67,9 @@ impl Env {
                     )?,
                 };
                 if let (Some(b), Some(a)) = (before, self.cpu_snapshot(j.pid)) {
-                    let wall = a.at.duration_since(b.at).as_secs_f64() * 100.0; // ticks
-                    let foreign = (a.busy - b.busy) as f64 - (a.process - b.process) as f64;
-                    m.foreign_cpu_pct = Some((foreign / wall * 100.0).clamp(0.0, 100.0));
-                    m.steal_pct =
-                        Some(((a.steal - b.steal) as f64 / wall * 100.0).clamp(0.0, 100.0));
+                    let (foreign, steal) = b.interference(&a);
+                    m.foreign_cpu_pct = Some(foreign);
+                    m.steal_pct = Some(steal);
                 }
                 eprintln!(
                     "  round {}: {}: {:.0} req/s p50 {:.3} ms p99 {:.3} ms; other load on the server CPU {}",
@@ -124,7 +136,7 @@ impl Env {
     }
 
     /// CPU ticks on the server CPU (busy and stolen) and used by `pid`, for interference figures.
-    fn cpu_snapshot(&self, pid: Option<u32>) -> Option<CpuSnap> {
+    pub(super) fn cpu_snapshot(&self, pid: Option<u32>) -> Option<CpuSnap> {
         let cpu = self.server_cpu.as_deref()?;
         let pid = pid?;
         let stat = read("/proc/stat");
