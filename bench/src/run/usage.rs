@@ -18,15 +18,14 @@ impl Usage {
             cpu_ns: 0,
             sleeps: 0,
         };
+        // A thread may end between the listing and its read: it is skipped, not the process.
         for t in tasks.flatten() {
             let dir = t.path();
-            let sched = std::fs::read_to_string(dir.join("schedstat")).ok()?;
-            u.cpu_ns += sched.split_whitespace().next()?.parse::<u64>().ok()?;
-            let status = std::fs::read_to_string(dir.join("status")).ok()?;
-            u.sleeps += status
-                .lines()
-                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())?;
+            let Some((cpu, sleeps)) = thread_usage(&dir) else {
+                continue;
+            };
+            u.cpu_ns += cpu;
+            u.sleeps += sleeps;
         }
         Some(u)
     }
@@ -37,6 +36,18 @@ impl Usage {
         let sleeps = self.sleeps.saturating_sub(before.sleeps) as f64;
         (cpu / units, sleeps / units)
     }
+}
+
+/// One thread's on-CPU nanoseconds and voluntary context switches.
+fn thread_usage(dir: &std::path::Path) -> Option<(u64, u64)> {
+    let sched = std::fs::read_to_string(dir.join("schedstat")).ok()?;
+    let cpu = sched.split_whitespace().next()?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(dir.join("status")).ok()?;
+    let sleeps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse::<u64>().ok())?;
+    Some((cpu, sleeps))
 }
 
 #[cfg(test)]
