@@ -5,7 +5,7 @@
 //! - [`config`]: the YAML file (`file.rs`, serde mirror) validated into typed config
 //!   (`types.rs`); every problem carries its key path and line.
 //! - [`server`]: builds the pingora `Server` from a config: proxy service, admin service,
-//!   housekeeper; [`listen`] reserves port-0 listeners and announces the bound addresses;
+//!   housekeeper; [`accept`] moves each accepted connection into a task of its own; [`listen`] reserves port-0 listeners and announces the bound addresses;
 //!   [`tls`] gives the HTTPS listener's handshakes the certificate a reload last installed.
 //! - [`proxy`]: every client request. [`proxy::connection`] owns each connection; every head is
 //!   judged by the one validator, [`proxy::request`]; [`proxy::router`] decides what the
@@ -52,6 +52,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod admin;
 pub mod background;
 pub mod cache;

@@ -1,6 +1,7 @@
 //! Wiring: a validated [`Config`] becomes a pingora `Server` with the proxy service, the admin
 //! service and the housekeeper.
 
+use crate::accept::Detached;
 use crate::admin::AdminApp;
 use crate::background::Housekeeper;
 use crate::config::Config;
@@ -84,9 +85,10 @@ pub fn build(config: Config, opts: RunOptions) -> std::io::Result<Server> {
         options.h2c = true;
         proxy_app.server_options = Some(options);
     }
+    // Each connection in a task of its own, not in pingora's accept task (see `accept.rs`).
     let mut proxy = Service::new(
         "pollgate proxy".to_string(),
-        ConnectionApp::new(proxy_app, state.clone(), config.h2c),
+        Detached::new(ConnectionApp::new(proxy_app, state.clone(), config.h2c)),
     );
     let buffers = L4BufferSettings::new(
         config.limits.client_read_buffer_bytes,

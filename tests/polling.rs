@@ -494,6 +494,50 @@ async fn shutdown_answers_every_held_poll() {
     assert_eq!(code, Some(0));
 }
 
+/// Each connection runs in a task spawned from pingora's accept task (`src/accept.rs`); without
+/// work stealing each worker is a runtime of its own, so the spawn lands on the accepting
+/// thread's. Held polls there must be answered by a publish and by shutdown alike.
+#[tokio::test]
+async fn held_polls_are_answered_without_work_stealing() {
+    let up = Upstream::start().await;
+    up.publish("/ws/prices/w", "v1");
+    let cfg =
+        config(&up, LATEST_LONG).replace("threads: 1\n", "threads: 2\nwork_stealing: false\n");
+    let mut gw = Gateway::start(&cfg).await;
+    let etag = get(&gw, "/api/prices/w", &[]).await.header("etag").unwrap();
+    let held = "pollgate_long_polls_held{route=\"prices\"}";
+
+    let socks = open_held_polls(gw.addr, "/api/prices/w", &etag, 8).await;
+    gw.wait_metric(held, |v| v == 8.0).await;
+    up.publish("/ws/prices/w", "v2");
+    for mut s in socks {
+        let r = Reader::new(&mut s)
+            .with_limit(Duration::from_secs(10))
+            .answer(false)
+            .await
+            .unwrap_or_else(|e| panic!("a held poll after the publish: {e}"));
+        assert_eq!((r.status, r.text().as_str()), (200, "v2"), "{}", r.head);
+    }
+
+    let etag = get(&gw, "/api/prices/w", &[]).await.header("etag").unwrap();
+    let socks = open_held_polls(gw.addr, "/api/prices/w", &etag, 8).await;
+    gw.wait_metric(held, |v| v == 8.0).await;
+    gw.signal("TERM");
+    for mut s in socks {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("answered before exit")
+            .unwrap();
+        let (head, _) = split_response(&out);
+        assert_eq!(status_of(&head), 304, "{head}");
+    }
+    let code = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
 #[tokio::test]
 async fn limits_refuse_with_503_and_retry_after() {
     let up = Upstream::start().await;
