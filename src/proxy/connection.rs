@@ -16,8 +16,8 @@
 use super::answer::Answer;
 use super::forward::{self, Client};
 use super::gateway::Gateway;
-use super::handover::Handover;
 use super::log::{finish, Finished, Kind};
+use super::passthrough::Passthrough;
 use super::poll::{self, EventStream, Outcome, PollRequest, Step, WRITE_LIMIT};
 use super::request::{self, Parsed, RequestHead};
 use super::router::{Dispatch, RouteEntry};
@@ -178,7 +178,9 @@ impl ConnectionApp {
                     buf.extend_from_slice(&pipelined);
                 }
                 Served::Pingora(extent, budget) => {
-                    let handover = Handover::new(io, budget);
+                    // pingora may read this request and no more: a request pipelined behind
+                    // it stays the loop's (see `passthrough.rs`).
+                    let handover = Passthrough::bounded(io, budget);
                     let mut session = ServerSession::new_http1(Box::new(handover));
                     if let ServerSession::H1(h1) = &mut session {
                         h1.set_pipelined_prefix(buf.split_to(extent));
@@ -186,7 +188,8 @@ impl ConnectionApp {
                     let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
                         return;
                     };
-                    let Ok(handover) = reused.consume().0.into_any().downcast::<Handover>() else {
+                    let Ok(handover) = reused.consume().0.into_any().downcast::<Passthrough>()
+                    else {
                         tracing::warn!("pingora returned a different stream type; closing");
                         return;
                     };
@@ -608,7 +611,8 @@ impl ServerApp for ConnectionApp {
             let limit = self.state.limits().header_read_timeout;
             match Box::pin(h2::sniff(&mut stream, limit)).await {
                 h2::Opening::H2(preface) => {
-                    let replay: Stream = Box::new(h2::Replay::new(stream, preface));
+                    // pingora's HTTP/2 server reads the preface again.
+                    let replay: Stream = Box::new(Passthrough::replaying(stream, preface));
                     Box::pin(self.serve_h2(replay, shutdown)).await;
                     return None;
                 }

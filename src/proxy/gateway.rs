@@ -72,7 +72,7 @@ fn target_of(req: &RequestHeader) -> (&str, &str, Option<&str>) {
 }
 
 /// Whether the client came over TLS (HTTP/2 by ALPN, or HTTP/1.1 handed over by the
-/// connection loop, whose `Handover` passes the TLS digest on).
+/// connection loop, whose `Passthrough` passes the TLS digest on).
 fn over_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }

@@ -7,19 +7,9 @@
 //! are pingora's (the `h2` crate's). A held poll on an HTTP/2 stream waits on that stream
 //! alone, and a client's `RST_STREAM` ends the wait (pingora's `read_body_or_idle`).
 
-use async_trait::async_trait;
-use bytes::{Buf, BytesMut};
-use pingora_core::protocols::raw_connect::ProxyDigest;
-use pingora_core::protocols::tls::{SslDigest, TlsRef};
-use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
-    TimingDigest, UniqueID, UniqueIDType, ALPN,
-};
-use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use bytes::BytesMut;
+use pingora_core::protocols::{Stream, ALPN};
+use tokio::io::AsyncReadExt;
 
 /// What an HTTP/2 client sends first (RFC 9113, 3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -31,7 +21,8 @@ pub fn negotiated(stream: &Stream) -> bool {
 
 /// What a cleartext connection's first bytes say.
 pub enum Opening {
-    /// The HTTP/2 preface (with whatever followed it in the same reads).
+    /// The HTTP/2 preface (with whatever followed it in the same reads), to be replayed to
+    /// pingora's HTTP/2 server ([`super::passthrough::Passthrough::replaying`]).
     H2(BytesMut),
     /// Anything else: HTTP/1, these bytes already read.
     H1(BytesMut),
@@ -65,116 +56,6 @@ pub async fn sniff(io: &mut Stream, limit: std::time::Duration) -> Opening {
         _ => Opening::Gone,
     }
 }
-
-/// A stream whose first bytes were already read: they are read again first.
-#[derive(Debug)]
-pub struct Replay {
-    inner: Stream,
-    prefix: BytesMut,
-}
-
-impl Replay {
-    pub fn new(inner: Stream, prefix: BytesMut) -> Replay {
-        Replay { inner, prefix }
-    }
-}
-
-impl AsyncRead for Replay {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Replay {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-#[async_trait]
-impl Shutdown for Replay {
-    async fn shutdown(&mut self) {
-        self.inner.shutdown().await
-    }
-}
-
-impl UniqueID for Replay {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
-
-impl Ssl for Replay {
-    fn get_ssl(&self) -> Option<&TlsRef> {
-        self.inner.get_ssl()
-    }
-
-    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
-        self.inner.get_ssl_digest()
-    }
-
-    fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
-    }
-}
-
-impl GetTimingDigest for Replay {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-}
-
-impl GetProxyDigest for Replay {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-}
-
-impl GetSocketDigest for Replay {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-}
-
-// The default `try_peek` (nothing peeked) makes pingora's h2c check trust its `h2c` option,
-// which is only set when `h2c: true` sent the connection here.
-#[async_trait]
-impl Peek for Replay {}
 
 #[cfg(test)]
 mod tests {

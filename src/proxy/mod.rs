@@ -1,7 +1,9 @@
 //! Every client request, from the accepted connection to the answer.
 //!
 //! - [`connection`]: the keep-alive loop; reads each head under the head deadline, has it
-//!   judged by [`request`] (the one validator), and serves it or hands it to pingora.
+//!   judged by [`request`] (the one validator), and serves it or hands it to pingora, the
+//!   socket wrapped in a [`passthrough::Passthrough`] (one request's bytes, or a replayed
+//!   h2c preface).
 //! - [`router`]: the route and what the request is on it ([`router::Dispatch`]), the one
 //!   decision both paths act on; [`handshake`] tells genuine WebSocket handshakes.
 //! - [`poll`]: the poll core; hit, `304`, hold, cursor array, fallback or refusal, decided
@@ -26,10 +28,10 @@ pub mod fallback;
 pub mod forward;
 pub mod gateway;
 pub mod h2;
-pub mod handover;
 pub mod handshake;
 pub mod headers;
 pub mod log;
+pub mod passthrough;
 pub mod poll;
 pub mod request;
 pub mod response;
