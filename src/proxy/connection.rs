@@ -33,9 +33,11 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 /// The most one read takes from a client socket while a head is incomplete.
 const READ_CHUNK: usize = 1024;
@@ -288,9 +290,17 @@ impl ConnectionApp {
                         // The buffer goes back to the allocator for the next answer of the
                         // fan-out, rather than staying with a connection that may now idle.
                         *c.out = Vec::new();
+                        // The held poll's hang-up probe left this task's waker on the socket,
+                        // so the client's next step (its re-poll, its EOF) would wake the task
+                        // in the middle of the fan-out only to find it waiting. A read that
+                        // wakes nobody takes the probe's place; what it finds waits here.
+                        let open = read_quietly(c.io, c.pipelined);
                         // Whatever this client does next (hang up, poll again) waits until the
                         // answers due with this one have gone out (see `cache/due.rs`).
                         self.state.store.answers_due().after(t).await;
+                        if !open {
+                            return Served::Close;
+                        }
                     }
                     Served::KeepAlive
                 } else {
@@ -677,6 +687,24 @@ async fn read_more(
             More::Read
         }
         _ => More::Gone,
+    }
+}
+
+/// Reads what the client has sent without arming a wake-up: a pending read leaves a waker that
+/// wakes nobody in place of the task's. Bytes read are appended to `into`. Returns whether the
+/// client is still there (no EOF, no error).
+fn read_quietly(io: &mut Stream, into: &mut BytesMut) -> bool {
+    let mut chunk = [0u8; READ_CHUNK];
+    let mut read = ReadBuf::new(&mut chunk);
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(io).poll_read(&mut cx, &mut read) {
+        Poll::Pending => true,
+        Poll::Ready(Ok(())) if read.filled().is_empty() => false,
+        Poll::Ready(Ok(())) => {
+            into.extend_from_slice(read.filled());
+            true
+        }
+        Poll::Ready(Err(_)) => false,
     }
 }
 
