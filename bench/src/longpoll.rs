@@ -632,8 +632,14 @@ pub async fn run(a: LongpollArgs) -> Result<serde_json::Value, String> {
 }
 
 /// Publishes `rounds` over one blocking keep-alive connection: round `r` (every topic's message
-/// `r + 1`, in order) starts `r * interval` after the first, or as soon as the one before it is
+/// `r + 1`) starts `r * interval` after the first, or as soon as the one before it is
 /// acknowledged when that takes longer. Returns when each publish was sent, by round and topic.
+///
+/// A round's publishes go out together, in one write, as publishers that do not wait on each
+/// other would send them. Waiting for each acknowledgement before sending the next would let a
+/// server that acknowledges only after delivering (Nchan) pace its own load, and the time the
+/// later topics' messages spend waiting for the earlier fan-outs would go uncounted
+/// (coordinated omission).
 fn publish_rounds(
     addr: &str,
     rounds: &[Vec<(String, String)>],
@@ -650,22 +656,24 @@ fn publish_rounds(
     for (r, round) in rounds.iter().enumerate() {
         let due = start + interval * r as u32;
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        let mut sent = Vec::with_capacity(round.len());
+        let mut batch = Vec::new();
         for (path, body) in round {
-            let req = client::post_request(addr, path, body.as_bytes());
-            sent.push(Instant::now());
-            s.write_all(&req)
-                .map_err(|e| format!("publish {path}: {e}"))?;
+            batch.extend_from_slice(&client::post_request(addr, path, body.as_bytes()));
+        }
+        let sent = Instant::now();
+        s.write_all(&batch)
+            .map_err(|e| format!("publish round {}: {e}", r + 1))?;
+        for (path, _) in round {
             read_ack(&mut s, &mut buf).map_err(|e| format!("publish {path}: {e}"))?;
         }
-        times.push(sent);
+        times.push(vec![sent; round.len()]);
     }
     Ok(times)
 }
 
-/// Reads one publish acknowledgement (content-length delimited) and checks its status.
+/// Reads one publish acknowledgement (content-length delimited) and checks its status. `buf`
+/// keeps what arrived beyond it: the acknowledgements of a round's later publishes.
 fn read_ack(s: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
-    buf.clear();
     loop {
         let mut hdrs = [httparse::EMPTY_HEADER; 32];
         let mut r = httparse::Response::new(&mut hdrs);
@@ -678,6 +686,7 @@ fn read_ack(s: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> Result<(), String
                 .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
                 .unwrap_or(0);
             if buf.len() >= n + len {
+                buf.drain(..n + len);
                 if !(200..300).contains(&status) {
                     return Err(format!("status {status}"));
                 }
