@@ -37,7 +37,7 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Shorter runs (under 3 minutes on 2 cores).
+    /// Shorter runs (about 5 minutes on 2 cores).
     #[arg(long, conflicts_with = "smoke")]
     quick: bool,
     /// CI check: scenario 1 (pollgate only), a small long-poll fan-out and a few clients

@@ -178,10 +178,13 @@ fn notes(env: &Env, sec: &mut Section) {
 }
 
 /// The big fan-out: `lp_clients` held polls on 100 and 1 topics, clients keep their
-/// connections open; pollgate and Nchan one after the other for each variant.
+/// connections open; pollgate and Nchan one after the other for each variant, in `lp_rounds`
+/// interleaved rounds (one run on these shared cores swings by 20 % and more, so each target
+/// takes the median of the rounds).
 fn fan_out(env: &Env, report: &mut Report, sec: &mut Section, data: &mut Map<String, Value>) {
     let plan = &env.plan;
     let clients = plan.lp_clients;
+    let rounds = plan.lp_rounds.max(1);
     let nchan = env.nginx.is_some() && env.nchan_module.is_some();
     if !nchan {
         sec.notes
@@ -200,68 +203,115 @@ fn fan_out(env: &Env, report: &mut Report, sec: &mut Section, data: &mut Map<Str
                 contender("pollgate", cores),
                 if topics == 1 { "" } else { "s" }
             );
-            let pg = run.pollgate(env);
-            let ng = nchan.then(|| run.nchan(env));
             let behaviour = Behaviour::KeepOpen.label(plan.lp_messages, plan.lp_interval_ms);
-            match &pg {
-                Ok(v) => {
-                    sec.rows
-                        .push(lp_row(&contender("pollgate", cores), &behaviour, v));
-                    fan_out_targets(report, &label, cores, v);
-                    data.insert(format!("pollgate_{topics}_{cores}core"), v.clone());
+            let mut ours = Vec::new();
+            let mut pairs = Vec::new();
+            for round in 0..rounds {
+                let shown = if rounds > 1 {
+                    format!("{behaviour}, round {}", round + 1)
+                } else {
+                    behaviour.clone()
+                };
+                // The first round keeps the keys other tools read; later rounds are numbered.
+                let slot = if round == 0 {
+                    String::new()
+                } else {
+                    format!("_round{}", round + 1)
+                };
+                let pg = run.pollgate(env);
+                let ng = nchan.then(|| run.nchan(env));
+                match &pg {
+                    Ok(v) => {
+                        sec.rows
+                            .push(lp_row(&contender("pollgate", cores), &shown, v));
+                        data.insert(format!("pollgate_{topics}_{cores}core{slot}"), v.clone());
+                        ours.push(v.clone());
+                    }
+                    Err(e) => sec.notes.push(format!("{label}, round {}: {e}", round + 1)),
                 }
-                Err(e) => sec.notes.push(format!("{label} failed: {e}")),
-            }
-            match &ng {
-                Some(Ok(v)) => {
-                    sec.rows
-                        .push(lp_row(&contender("Nchan", cores), &behaviour, v));
-                    data.insert(format!("nchan_{topics}_{cores}core"), v.clone());
+                match &ng {
+                    Some(Ok(v)) => {
+                        sec.rows.push(lp_row(&contender("Nchan", cores), &shown, v));
+                        data.insert(format!("nchan_{topics}_{cores}core{slot}"), v.clone());
+                    }
+                    Some(Err(e)) => sec.notes.push(format!(
+                        "Nchan with {topics} topics on {cores} cores, round {}: {e}",
+                        round + 1
+                    )),
+                    None => {}
                 }
-                Some(Err(e)) => sec.notes.push(format!(
-                    "Nchan with {topics} topics on {cores} cores failed: {e}"
-                )),
-                None => {}
+                if let (Ok(a), Some(Ok(b))) = (pg, ng) {
+                    pairs.push((a, b));
+                }
             }
-            if let (2, Ok(a), Some(Ok(b))) = (cores, &pg, &ng) {
+            if !ours.is_empty() {
+                fan_out_targets(report, &label, cores, &ours);
+            }
+            if cores == 2 && !pairs.is_empty() {
                 let what = format!(
                     "{clients} held polls, {topics} topic{}, 2 cores",
                     if topics == 1 { "" } else { "s" }
                 );
-                ratio_target(report, &what, 0.8, a, b);
+                rounds_target(report, &what, 0.8, &pairs);
             }
         }
     }
 }
 
-/// The big fan-out's own targets for one pollgate run.
-fn fan_out_targets(report: &mut Report, label: &str, cores: usize, v: &Value) {
-    let delivered = v["delivered"].as_u64().unwrap_or(0);
-    let ok = all_delivered(v);
+/// A figure over rounds: the median, with every round's value beside it when there are more
+/// than one.
+fn over_rounds(values: &[f64], show: impl Fn(f64) -> String) -> (f64, String) {
+    let m = median(values);
+    if values.len() < 2 {
+        return (m, show(m));
+    }
+    let each: Vec<String> = values.iter().map(|&x| show(x)).collect();
+    (
+        m,
+        format!("{} (median of rounds {})", show(m), each.join(", ")),
+    )
+}
+
+/// The big fan-out's own targets for one variant's pollgate runs (one per round): every round
+/// delivers everything; p99 and RSS are the rounds' medians.
+fn fan_out_targets(report: &mut Report, label: &str, cores: usize, runs: &[Value]) {
+    let ok = runs.iter().all(all_delivered);
+    let delivered: Vec<String> = runs.iter().map(|v| v["delivered"].to_string()).collect();
+    let fewest = runs
+        .iter()
+        .map(|v| v["delivered"].as_u64().unwrap_or(0))
+        .min()
+        .unwrap_or(0);
     report.target(
         "3",
         &format!("{label}: all delivered"),
-        &v["expected"].to_string(),
-        delivered.to_string(),
-        Some(delivered as f64),
+        &runs[0]["expected"].to_string(),
+        delivered.join(", "),
+        Some(fewest as f64),
         Some(ok),
     );
-    let p = p99(v);
+    let p99s: Vec<f64> = runs.iter().map(p99).collect();
+    let (p, text) = over_rounds(&p99s, |x| format!("{x:.1} ms"));
     // The target is set on two cores; one core is reported as context.
     report.target(
         "3",
         &format!("{label}: p99 publish-to-client"),
         if cores == 2 { "<= 100 ms" } else { "(context)" },
-        format!("{p:.1} ms"),
+        text,
         Some(p),
         (cores == 2).then_some(p <= 100.0),
     );
-    if let Some(b) = v["rss_per_held_bytes"].as_f64() {
+    let rss: Vec<f64> = runs
+        .iter()
+        .filter_map(|v| v["rss_per_held_bytes"].as_f64())
+        .collect();
+    if !rss.is_empty() {
+        let (b, text) = over_rounds(&rss, |x| format!("{:.1} KiB", x / 1024.0));
         report.target(
             "3",
             &format!("{label}: RSS per held poll"),
             "<= 8 KiB",
-            format!("{:.1} KiB", b / 1024.0),
+            text,
             Some(b),
             Some(b <= 8.0 * 1024.0),
         );
