@@ -5,38 +5,15 @@
 
 mod common;
 
+use common::routes::{behind, SINCE};
 use common::sse::{request, Event, EventStream, Item, Parser};
 use common::*;
 use futures_util::StreamExt;
 use std::time::Duration;
 
 fn config(up: &Upstream, top: &str, routes: &str) -> String {
-    format!(
-        r#"{HEAD}{top}upstreams:
-  backend:
-    address: "{}"
-    read_timeout: 5s
-routes:
-{routes}
-  - name: default
-    prefix: "/"
-    upstream: backend
-"#,
-        up.addr
-    )
+    behind(up.addr, top, &[routes])
 }
-
-const SINCE: &str = r#"  - name: news
-    path: "/api/news/{topic}"
-    upstream: backend
-    access: public
-    subscribe:
-      path: "/ws/news/{topic}"
-    mode: since
-    history: 100
-    long_poll: 20s
-    first_message_wait: 2s
-"#;
 
 const LATEST: &str = r#"  - name: prices
     path: "/api/prices/{topic}"

@@ -5,22 +5,16 @@
 mod common;
 
 use common::http2::{get, h2_tls, h2c, read, start};
+use common::routes::{behind, LATEST_LONG, SINCE};
 use common::sse::{Item, Parser};
-use common::tls::{TestCa, TRANSPORT_ROUTES};
+use common::tls::TestCa;
 use common::*;
 use std::time::Duration;
 
 const HELD: &str = r#"pollgate_long_polls_held{route="prices"}"#;
 
 fn config(up: &Upstream, extra: &str) -> String {
-    format!(
-        r#"{HEAD}{extra}upstreams:
-  backend:
-    address: "{}"
-    read_timeout: 5s
-{TRANSPORT_ROUTES}"#,
-        up.addr
-    )
+    behind(up.addr, extra, &[LATEST_LONG, SINCE])
 }
 
 /// A gateway with a TLS listener (ALPN h2, http/1.1) and h2c on its cleartext listener.

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::routes::{behind, LATEST_LONG};
 use common::wire::Reader;
 use common::*;
 use futures_util::StreamExt;
@@ -11,19 +12,7 @@ use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
 fn config(up: &Upstream, routes: &str) -> String {
-    format!(
-        r#"{HEAD}upstreams:
-  backend:
-    address: "{}"
-    read_timeout: 5s
-routes:
-{routes}
-  - name: default
-    prefix: "/"
-    upstream: backend
-"#,
-        up.addr
-    )
+    behind(up.addr, "", &[routes])
 }
 
 const LATEST: &str = r#"  - name: prices
@@ -34,19 +23,6 @@ const LATEST: &str = r#"  - name: prices
       path: "/ws/prices/{topic}"
     mode: latest
     content_type: application/json
-    first_message_wait: 2s
-"#;
-
-/// A latest-mode route whose legacy clients long-poll with `If-None-Match` alone (Nchan-style).
-const LATEST_LONG: &str = r#"  - name: prices
-    path: "/api/prices/{topic}"
-    upstream: backend
-    access: public
-    subscribe:
-      path: "/ws/prices/{topic}"
-    mode: latest
-    long_poll: 20s
-    hold_on: [prefer, if-none-match]
     first_message_wait: 2s
 "#;
 
@@ -469,15 +445,9 @@ async fn hung_up_pollers_are_released_at_once() {
         .await;
 }
 
-#[tokio::test]
-async fn shutdown_answers_every_held_poll() {
-    let up = Upstream::start().await;
-    up.publish("/ws/prices/s", "v");
-    let mut gw = Gateway::start(&config(&up, LATEST_LONG)).await;
-    let etag = get(&gw, "/api/prices/s", &[]).await.header("etag").unwrap();
-    let socks = open_held_polls(gw.addr, "/api/prices/s", &etag, 5).await;
-    gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 5.0)
-        .await;
+/// SIGTERM with polls held on `socks`: each is answered (304, nothing new) before the process
+/// exits, and it exits 0.
+async fn terminate_answering(mut gw: Gateway, socks: Vec<tokio::net::TcpStream>) {
     gw.signal("TERM");
     for mut s in socks {
         let mut out = Vec::new();
@@ -494,6 +464,18 @@ async fn shutdown_answers_every_held_poll() {
     assert_eq!(code, Some(0));
 }
 
+#[tokio::test]
+async fn shutdown_answers_every_held_poll() {
+    let up = Upstream::start().await;
+    up.publish("/ws/prices/s", "v");
+    let gw = Gateway::start(&config(&up, LATEST_LONG)).await;
+    let etag = get(&gw, "/api/prices/s", &[]).await.header("etag").unwrap();
+    let socks = open_held_polls(gw.addr, "/api/prices/s", &etag, 5).await;
+    gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 5.0)
+        .await;
+    terminate_answering(gw, socks).await;
+}
+
 /// Each connection runs in a task spawned from pingora's accept task (`src/accept.rs`); without
 /// work stealing each worker is a runtime of its own, so the spawn lands on the accepting
 /// thread's. Held polls there must be answered by a publish and by shutdown alike.
@@ -503,7 +485,7 @@ async fn held_polls_are_answered_without_work_stealing() {
     up.publish("/ws/prices/w", "v1");
     let cfg =
         config(&up, LATEST_LONG).replace("threads: 1\n", "threads: 2\nwork_stealing: false\n");
-    let mut gw = Gateway::start(&cfg).await;
+    let gw = Gateway::start(&cfg).await;
     let etag = get(&gw, "/api/prices/w", &[]).await.header("etag").unwrap();
     let held = "pollgate_long_polls_held{route=\"prices\"}";
 
@@ -522,20 +504,7 @@ async fn held_polls_are_answered_without_work_stealing() {
     let etag = get(&gw, "/api/prices/w", &[]).await.header("etag").unwrap();
     let socks = open_held_polls(gw.addr, "/api/prices/w", &etag, 8).await;
     gw.wait_metric(held, |v| v == 8.0).await;
-    gw.signal("TERM");
-    for mut s in socks {
-        let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-            .await
-            .expect("answered before exit")
-            .unwrap();
-        let (head, _) = split_response(&out);
-        assert_eq!(status_of(&head), 304, "{head}");
-    }
-    let code = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(15)))
-        .await
-        .unwrap();
-    assert_eq!(code, Some(0));
+    terminate_answering(gw, socks).await;
 }
 
 #[tokio::test]

@@ -4,25 +4,18 @@
 
 mod common;
 
-use common::tls::{peer_serial, request_on, TestCa, TRANSPORT_ROUTES};
+use common::routes::{behind, LATEST_LONG, SINCE};
+use common::tls::{peer_serial, request_on, TestCa};
 use common::*;
 use std::path::Path;
 
 fn config(up: &Upstream, cert: &Path, key: &Path) -> String {
-    format!(
-        r#"{HEAD}tls:
-  listen: "{{tls}}"
-  cert: "{}"
-  key: "{}"
-upstreams:
-  backend:
-    address: "{}"
-    read_timeout: 5s
-{TRANSPORT_ROUTES}"#,
+    let top = format!(
+        "tls:\n  listen: \"{{tls}}\"\n  cert: \"{}\"\n  key: \"{}\"\n",
         cert.display(),
-        key.display(),
-        up.addr
-    )
+        key.display()
+    );
+    behind(up.addr, &top, &[LATEST_LONG, SINCE])
 }
 
 /// A gateway with an HTTPS listener whose certificate (serial 1) the returned CA signed.

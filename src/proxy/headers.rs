@@ -350,6 +350,43 @@ mod tests {
             .collect()
     }
 
+    /// A GET built both ways, as pingora's `RequestHeader` and as the bytes pollgate writes
+    /// itself; checks that pingora's client would write exactly those bytes.
+    fn both_paths(
+        target: &[u8],
+        l: &[(&'static [u8], &'static [u8])],
+        conn: &[&[u8]],
+        ip: Option<&str>,
+        upgrade: bool,
+    ) -> (RequestHeader, Vec<u8>) {
+        let r = upstream_request(
+            "GET",
+            target,
+            l.iter().copied(),
+            conn.iter().copied(),
+            ip,
+            false,
+            upgrade,
+            &up(),
+        )
+        .unwrap();
+        let mut direct = Vec::new();
+        write_upstream_request(
+            &mut direct,
+            "GET",
+            target,
+            l.iter().copied(),
+            conn.iter().copied(),
+            ip,
+            false,
+            upgrade,
+            &up(),
+        );
+        let wire = pingora_core::protocols::http::v1::client::http_req_header_to_wire(&r).unwrap();
+        assert_eq!(direct, wire.to_vec());
+        (r, direct)
+    }
+
     #[test]
     fn strips_hop_by_hop_and_adds_forwarding() {
         let l = lines(&[
@@ -364,17 +401,8 @@ mod tests {
         ]);
         let ip = Some("127.0.0.1");
         let conn: Vec<&[u8]> = vec![b"keep-alive, X-Secret"];
-        let r = upstream_request(
-            "GET",
-            b"/x",
-            l.iter().copied(),
-            conn.iter().copied(),
-            ip,
-            false,
-            false,
-            &up(),
-        )
-        .unwrap();
+        // The bytes pollgate writes itself are the bytes pingora's client writes.
+        let (r, _) = both_paths(b"/x", &l, &conn, ip, false);
         for h in [
             "connection",
             "x-secret",
@@ -395,21 +423,6 @@ mod tests {
             "Host: example.com\r\nAccept: */*\r\nX-Forwarded-For: 10.0.0.1, 127.0.0.1\r\n\
              X-Forwarded-Host: example.com\r\nX-Forwarded-Proto: http\r\nVia: 1.1 pollgate\r\n";
         assert_eq!(String::from_utf8(wire).unwrap(), expected);
-        // The bytes pollgate writes itself are the bytes pingora's client writes.
-        let mut direct = Vec::new();
-        write_upstream_request(
-            &mut direct,
-            "GET",
-            b"/x",
-            l.iter().copied(),
-            conn.iter().copied(),
-            ip,
-            false,
-            false,
-            &up(),
-        );
-        let wire = pingora_core::protocols::http::v1::client::http_req_header_to_wire(&r).unwrap();
-        assert_eq!(direct, wire.to_vec());
     }
 
     #[test]
@@ -423,32 +436,7 @@ mod tests {
             ("Keep-Alive", "timeout=5"),
         ]);
         let conn: Vec<&[u8]> = vec![b"keep-alive, Upgrade"];
-        let ip = Some("127.0.0.1");
-        let r = upstream_request(
-            "GET",
-            b"/ws?a=1",
-            l.iter().copied(),
-            conn.iter().copied(),
-            ip,
-            false,
-            true,
-            &up(),
-        )
-        .unwrap();
-        let mut direct = Vec::new();
-        write_upstream_request(
-            &mut direct,
-            "GET",
-            b"/ws?a=1",
-            l.iter().copied(),
-            conn.iter().copied(),
-            ip,
-            false,
-            true,
-            &up(),
-        );
-        let wire = pingora_core::protocols::http::v1::client::http_req_header_to_wire(&r).unwrap();
-        assert_eq!(direct, wire.to_vec());
+        let (_, direct) = both_paths(b"/ws?a=1", &l, &conn, Some("127.0.0.1"), true);
         let text = String::from_utf8(direct).unwrap();
         assert!(text.contains("\r\nUpgrade: websocket\r\n"), "{text}");
         assert!(text.ends_with("\r\nConnection: upgrade\r\n\r\n"), "{text}");

@@ -10,6 +10,7 @@ pub mod http2;
 pub mod raw_upstream;
 pub mod recorder;
 pub mod reload;
+pub mod routes;
 pub mod sse;
 pub mod tls;
 pub mod upstream;

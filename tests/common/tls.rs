@@ -308,31 +308,3 @@ async fn serve_tls_connection(
         }
     }
 }
-
-/// The routes the TLS and HTTP/2 tests run behind: a latest-mode route that holds
-/// `If-None-Match` polls, a since-mode route, and a prefix route for everything else.
-pub const TRANSPORT_ROUTES: &str = r#"routes:
-  - name: prices
-    path: "/api/prices/{topic}"
-    upstream: backend
-    access: public
-    subscribe:
-      path: "/ws/prices/{topic}"
-    mode: latest
-    long_poll: 20s
-    hold_on: [prefer, if-none-match]
-    first_message_wait: 2s
-  - name: news
-    path: "/api/news/{topic}"
-    upstream: backend
-    access: public
-    subscribe:
-      path: "/ws/news/{topic}"
-    mode: since
-    history: 100
-    long_poll: 20s
-    first_message_wait: 2s
-  - name: default
-    prefix: "/"
-    upstream: backend
-"#;
