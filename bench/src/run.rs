@@ -68,6 +68,14 @@ pub struct RunArgs {
     /// client-behaviour run).
     #[arg(long)]
     longpoll_clients: Option<usize>,
+    /// Scenario 3: run only these client behaviours (keep_open, depart, repoll, cursor;
+    /// comma-separated), without the 10,000-poll fan-out: a side-by-side experiment on one
+    /// behaviour, pollgate and Nchan in the same rounds.
+    #[arg(long, value_delimiter = ',', value_parser = ["keep_open", "depart", "repoll", "cursor"])]
+    behaviours: Vec<String>,
+    /// Scenario 3: run only these placements (2: two unpinned cores, 1: one pinned core).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=2))]
+    cores: Vec<u32>,
 }
 
 /// A scenario: adds its section and targets to the report.
@@ -126,6 +134,13 @@ fn run(a: RunArgs, mode: Mode) -> Result<ExitCode, String> {
     if let Some(c) = a.longpoll_clients {
         plan.lp_clients = c;
         plan.lp_behaviour_clients = c;
+    }
+    if !a.behaviours.is_empty() {
+        plan.lp_fan_out = false;
+        plan.lp_behaviours = a.behaviours.clone();
+    }
+    if !a.cores.is_empty() {
+        plan.lp_cores = a.cores.iter().map(|&c| c as usize).collect();
     }
     let root = read("/proc/self/status")
         .lines()

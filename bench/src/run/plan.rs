@@ -25,6 +25,11 @@ pub(super) struct Plan {
     /// Interleaved rounds of each behaviour run (pollgate, Nchan, pollgate, ...): its target
     /// takes the median of the rounds' p99 ratios, as one run on shared cores swings by 20 %.
     pub(super) lp_rounds: usize,
+    /// Scenario 3's parts: the big fan-out, the behaviours by `Behaviour::key` (all of them
+    /// unless `run --behaviours` names some), the placements in cores (2, then 1).
+    pub(super) lp_fan_out: bool,
+    pub(super) lp_behaviours: Vec<String>,
+    pub(super) lp_cores: Vec<usize>,
     pub(super) s4_clients: usize,
     pub(super) s4_topics: usize,
     pub(super) s4_rate: f64,
@@ -50,6 +55,9 @@ impl Plan {
                 lp_messages: 8,
                 lp_interval_ms: 400,
                 lp_rounds: 3,
+                lp_fan_out: true,
+                lp_behaviours: Vec::new(),
+                lp_cores: vec![2, 1],
                 s4_clients: 1000,
                 s4_topics: 10,
                 s4_rate: 2.0,
@@ -69,6 +77,9 @@ impl Plan {
                 lp_messages: 4,
                 lp_interval_ms: 400,
                 lp_rounds: 2,
+                lp_fan_out: true,
+                lp_behaviours: Vec::new(),
+                lp_cores: vec![2, 1],
                 s4_clients: 1000,
                 s4_topics: 10,
                 s4_rate: 2.0,
@@ -88,6 +99,9 @@ impl Plan {
                 lp_messages: 2,
                 lp_interval_ms: 200,
                 lp_rounds: 1,
+                lp_fan_out: true,
+                lp_behaviours: Vec::new(),
+                lp_cores: vec![2, 1],
                 s4_clients: 0,
                 s4_topics: 0,
                 s4_rate: 0.0,

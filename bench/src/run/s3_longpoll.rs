@@ -28,6 +28,7 @@ pub(super) fn s3(env: &Env, report: &mut Report) -> Result<(), String> {
             "hold setup s",
             "server user µs/answer",
             "server sys µs/answer",
+            "p99 ms by message",
         ],
     );
     notes(env, &mut sec);
@@ -35,7 +36,9 @@ pub(super) fn s3(env: &Env, report: &mut Report) -> Result<(), String> {
     let r = if env.mode == Mode::Smoke {
         smoke(env, &mut sec, &mut data)
     } else {
-        fan_out(env, report, &mut sec, &mut data);
+        if env.plan.lp_fan_out {
+            fan_out(env, report, &mut sec, &mut data);
+        }
         behaviours(env, report, &mut sec, &mut data);
         Ok(())
     };
@@ -92,7 +95,24 @@ fn lp_row(name: &str, behaviour: &str, v: &Value) -> Vec<String> {
             .unwrap_or_default(),
         per_answer("server_user_s_during_fanout"),
         per_answer("server_sys_s_during_fanout"),
+        by_message(v),
     ]
+}
+
+/// Each message's p99 in a re-poll run, in publish order ("-" for one message): the last
+/// message, after which nobody re-polls, shows the fan-out alone.
+fn by_message(v: &Value) -> String {
+    let each: Vec<String> = v["latency_by_message"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| m["p99_ms"].as_f64().map(|x| fmt(x, 0)).unwrap_or_default())
+        .collect();
+    if each.len() > 1 {
+        each.join(" / ")
+    } else {
+        "-".into()
+    }
 }
 
 /// Every (client, message) pair delivered, none twice, none before its publish.
@@ -177,6 +197,52 @@ fn notes(env: &Env, sec: &mut Section) {
     );
 }
 
+/// Where one round's run goes: rows named `label` (and the round, when there are several),
+/// results.json keys `pollgate_{key}` / `nchan_{key}` (the first round keeps the bare key other
+/// tools read; later rounds are numbered), and a failure note naming `what`.
+struct Slot<'a> {
+    cores: usize,
+    round: usize,
+    rounds: usize,
+    label: &'a str,
+    key: &'a str,
+    what: &'a str,
+}
+
+impl Slot<'_> {
+    /// Tables and keeps `who`'s run ("pollgate" or "Nchan"), or notes its failure.
+    fn record(
+        &self,
+        sec: &mut Section,
+        data: &mut Map<String, Value>,
+        who: &str,
+        run: &Result<Value, String>,
+    ) {
+        let n = self.round + 1;
+        match run {
+            Ok(v) => {
+                let shown = if self.rounds > 1 {
+                    format!("{}, round {n}", self.label)
+                } else {
+                    self.label.to_string()
+                };
+                sec.rows
+                    .push(lp_row(&contender(who, self.cores), &shown, v));
+                let round = if self.round == 0 {
+                    String::new()
+                } else {
+                    format!("_round{n}")
+                };
+                let name = format!("{}_{}{round}", who.to_lowercase(), self.key);
+                data.insert(name, v.clone());
+            }
+            Err(e) => sec
+                .notes
+                .push(format!("{who}, {}, round {n}: {e}", self.what)),
+        }
+    }
+}
+
 /// The big fan-out: `lp_clients` held polls on 100 and 1 topics, clients keep their
 /// connections open; pollgate and Nchan one after the other for each variant, in `lp_rounds`
 /// interleaved rounds (one run on these shared cores swings by 20 % and more, so each target
@@ -190,7 +256,7 @@ fn fan_out(env: &Env, report: &mut Report, sec: &mut Section, data: &mut Map<Str
         sec.notes
             .push("nginx with libnginx-mod-nchan is not installed: no Nchan rows.".into());
     }
-    for cores in [2, 1] {
+    for &cores in &plan.lp_cores {
         for &topics in &plan.lp_topic_variants {
             let run = Run {
                 cores,
@@ -204,41 +270,31 @@ fn fan_out(env: &Env, report: &mut Report, sec: &mut Section, data: &mut Map<Str
                 if topics == 1 { "" } else { "s" }
             );
             let behaviour = Behaviour::KeepOpen.label(plan.lp_messages, plan.lp_interval_ms);
+            let what = format!(
+                "{clients} held polls, {topics} topic{}, {cores} core{}",
+                if topics == 1 { "" } else { "s" },
+                if cores == 1 { "" } else { "s" }
+            );
+            let key = format!("{topics}_{cores}core");
             let mut ours = Vec::new();
             let mut pairs = Vec::new();
             for round in 0..rounds {
-                let shown = if rounds > 1 {
-                    format!("{behaviour}, round {}", round + 1)
-                } else {
-                    behaviour.clone()
-                };
-                // The first round keeps the keys other tools read; later rounds are numbered.
-                let slot = if round == 0 {
-                    String::new()
-                } else {
-                    format!("_round{}", round + 1)
+                let slot = Slot {
+                    cores,
+                    round,
+                    rounds,
+                    label: &behaviour,
+                    key: &key,
+                    what: &what,
                 };
                 let pg = run.pollgate(env);
                 let ng = nchan.then(|| run.nchan(env));
-                match &pg {
-                    Ok(v) => {
-                        sec.rows
-                            .push(lp_row(&contender("pollgate", cores), &shown, v));
-                        data.insert(format!("pollgate_{topics}_{cores}core{slot}"), v.clone());
-                        ours.push(v.clone());
-                    }
-                    Err(e) => sec.notes.push(format!("{label}, round {}: {e}", round + 1)),
+                slot.record(sec, data, "pollgate", &pg);
+                if let Some(n) = &ng {
+                    slot.record(sec, data, "Nchan", n);
                 }
-                match &ng {
-                    Some(Ok(v)) => {
-                        sec.rows.push(lp_row(&contender("Nchan", cores), &shown, v));
-                        data.insert(format!("nchan_{topics}_{cores}core{slot}"), v.clone());
-                    }
-                    Some(Err(e)) => sec.notes.push(format!(
-                        "Nchan with {topics} topics on {cores} cores, round {}: {e}",
-                        round + 1
-                    )),
-                    None => {}
+                if let Ok(v) = &pg {
+                    ours.push(v.clone());
                 }
                 if let (Ok(a), Some(Ok(b))) = (pg, ng) {
                     pairs.push((a, b));
@@ -248,10 +304,6 @@ fn fan_out(env: &Env, report: &mut Report, sec: &mut Section, data: &mut Map<Str
                 fan_out_targets(report, &label, cores, &ours);
             }
             if cores == 2 && !pairs.is_empty() {
-                let what = format!(
-                    "{clients} held polls, {topics} topic{}, 2 cores",
-                    if topics == 1 { "" } else { "s" }
-                );
                 rounds_target(report, &what, 0.8, &pairs);
             }
         }
@@ -325,8 +377,11 @@ fn behaviours(env: &Env, report: &mut Report, sec: &mut Section, data: &mut Map<
     let plan = &env.plan;
     let nchan = env.nginx.is_some() && env.nchan_module.is_some();
     let rounds = plan.lp_rounds.max(1);
-    for cores in [2, 1] {
-        for behaviour in Behaviour::ALL {
+    for &cores in &plan.lp_cores {
+        let chosen = Behaviour::ALL.into_iter().filter(|b| {
+            plan.lp_behaviours.is_empty() || plan.lp_behaviours.iter().any(|k| k == b.key())
+        });
+        for behaviour in chosen {
             let run = Run {
                 cores,
                 topics: 1,
@@ -343,6 +398,7 @@ fn behaviours(env: &Env, report: &mut Report, sec: &mut Section, data: &mut Map<
             for round in 0..rounds {
                 // The big fan-out's 1-topic run is this very run when the counts agree.
                 let same = round == 0
+                    && plan.lp_fan_out
                     && behaviour == Behaviour::KeepOpen
                     && plan.lp_clients == plan.lp_behaviour_clients
                     && plan.lp_topic_variants.contains(&1);
@@ -357,32 +413,17 @@ fn behaviours(env: &Env, report: &mut Report, sec: &mut Section, data: &mut Map<
                     run.pollgate(env)
                 };
                 let ng = nchan.then(|| if same { reuse("nchan") } else { run.nchan(env) });
-                let shown = if rounds > 1 {
-                    format!("{label}, round {}", round + 1)
-                } else {
-                    label.clone()
+                let slot = Slot {
+                    cores,
+                    round,
+                    rounds,
+                    label: &label,
+                    key: &format!("1_{cores}core_{key}"),
+                    what: &suffix,
                 };
-                // The first round keeps the keys other tools read; later rounds are numbered.
-                let slot = if round == 0 {
-                    String::new()
-                } else {
-                    format!("_round{}", round + 1)
-                };
-                match &pg {
-                    Ok(v) => {
-                        sec.rows
-                            .push(lp_row(&contender("pollgate", cores), &shown, v));
-                        data.insert(format!("pollgate_1_{cores}core_{key}{slot}"), v.clone());
-                    }
-                    Err(e) => sec.notes.push(format!("pollgate, {suffix}: {e}")),
-                }
-                match &ng {
-                    Some(Ok(v)) => {
-                        sec.rows.push(lp_row(&contender("Nchan", cores), &shown, v));
-                        data.insert(format!("nchan_1_{cores}core_{key}{slot}"), v.clone());
-                    }
-                    Some(Err(e)) => sec.notes.push(format!("Nchan, {suffix}: {e}")),
-                    None => {}
+                slot.record(sec, data, "pollgate", &pg);
+                if let Some(n) = &ng {
+                    slot.record(sec, data, "Nchan", n);
                 }
                 if let (Ok(a), Some(Ok(b))) = (pg, ng) {
                     pairs.push((a, b));
@@ -426,7 +467,7 @@ fn rounds_target(report: &mut Report, what: &str, goal: f64, pairs: &[(Value, Va
 fn smoke(env: &Env, sec: &mut Section, data: &mut Map<String, Value>) -> Result<(), String> {
     let plan = &env.plan;
     let mut runs = Vec::new();
-    for cores in [2, 1] {
+    for &cores in &plan.lp_cores {
         for &topics in &plan.lp_topic_variants {
             let run = Run {
                 cores,
