@@ -90,10 +90,15 @@ pub fn build(config: Config, opts: RunOptions) -> std::io::Result<Server> {
         "pollgate proxy".to_string(),
         Detached::new(ConnectionApp::new(proxy_app, state.clone(), config.h2c)),
     );
-    let buffers = L4BufferSettings::new(
-        config.limits.client_read_buffer_bytes,
-        DEFAULT_L4_WRITE_BUFFER_SIZE,
-    );
+    // No write buffer under client sockets: pollgate builds each answer whole and writes it
+    // once, so pingora's 1,460-byte buffer only added a copy of every answer and, on a held
+    // poll's first answer, a page fault on memory it had reserved since the accept. pingora's
+    // own HTTP/1 sessions get that buffer back from `Passthrough`.
+    let buffers = L4BufferSettings::new(config.limits.client_read_buffer_bytes, 0);
+    // TLS keeps pingora's buffer: OpenSSL writes a handshake flight record by record, and
+    // the buffer sends it in one segment; an answer's record costs one copy next to its
+    // encryption.
+    let tls_buffers = buffers.write(DEFAULT_L4_WRITE_BUFFER_SIZE);
     for l in &listeners.proxy {
         proxy
             .endpoints()
@@ -107,7 +112,7 @@ pub fn build(config: Config, opts: RunOptions) -> std::io::Result<Server> {
             .map_err(|e| std::io::Error::other(format!("cannot set up the TLS listener: {e}")))?;
         proxy
             .endpoints()
-            .add_listener(l.listener().l4_buffer(buffers).tls(settings));
+            .add_listener(l.listener().l4_buffer(tls_buffers).tls(settings));
         tracing::info!(serial = %certs.current().serial(), "TLS certificate loaded");
     }
     if let Some(m) = &listeners.admin {

@@ -190,11 +190,18 @@ impl ConnectionApp {
                     let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
                         return;
                     };
-                    let Ok(handover) = reused.consume().0.into_any().downcast::<Passthrough>()
+                    let Ok(mut handover) = reused.consume().0.into_any().downcast::<Passthrough>()
                     else {
                         tracing::warn!("pingora returned a different stream type; closing");
                         return;
                     };
+                    // pingora flushes its answer; this only makes sure nothing is left behind.
+                    if tokio::io::AsyncWriteExt::flush(&mut *handover)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
                     let (inner, kept) = handover.into_parts();
                     io = inner;
                     buf.extend_from_slice(&kept);

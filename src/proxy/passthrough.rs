@@ -13,10 +13,17 @@
 //!   it, pingora takes the next request's first bytes for "data after the end of the body" and
 //!   fails the request it is serving.
 //!
-//! Everything but reading (writes, shutdown, the TLS and socket digests) is the socket's own.
+//! Writes: pollgate's client sockets have no write buffer of their own (see `server.rs`), so
+//! pingora's HTTP/1 session, which writes a head and then each piece of the body and flushes
+//! when it must, gets here the buffer pingora's listener would have given it: a head and a
+//! short body leave in one segment, as they would without pollgate's accept loop. HTTP/2
+//! (`replaying`) buffers its frames itself and writes straight through.
+//!
+//! Everything else (shutdown, the TLS and socket digests) is the socket's own.
 
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
+use pingora_core::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, TlsRef};
 use pingora_core::protocols::{
@@ -26,15 +33,17 @@ use pingora_core::protocols::{
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use std::task::{Context, Poll, Waker};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
 
 /// Bytes of the next request kept aside; past this the socket is not read until pingora is done.
 const MAX_KEPT: usize = 64 * 1024;
 
 #[derive(Debug)]
 pub struct Passthrough {
-    inner: Stream,
+    /// The socket; a zero-capacity `BufWriter` writes straight through. Always `Some` but in
+    /// `into_parts` (an `Option` so it can move out of a type with a `Drop`).
+    inner: Option<BufWriter<Stream>>,
     /// Bytes read from the socket before the hand-over, read again first.
     prefix: BytesMut,
     /// Socket bytes (beyond `prefix`) that still belong to the reader (`None`: no bound, for
@@ -48,7 +57,7 @@ impl Passthrough {
     /// A stream whose first bytes were already read: they are read again first.
     pub fn replaying(inner: Stream, prefix: BytesMut) -> Passthrough {
         Passthrough {
-            inner,
+            inner: Some(BufWriter::with_capacity(0, inner)),
             prefix,
             left: None,
             kept: BytesMut::new(),
@@ -58,7 +67,10 @@ impl Passthrough {
     /// A stream of which at most `left` more bytes are read (`None`: no bound).
     pub fn bounded(inner: Stream, left: Option<u64>) -> Passthrough {
         Passthrough {
-            inner,
+            inner: Some(BufWriter::with_capacity(
+                DEFAULT_L4_WRITE_BUFFER_SIZE,
+                inner,
+            )),
             prefix: BytesMut::new(),
             left,
             kept: BytesMut::new(),
@@ -66,11 +78,37 @@ impl Passthrough {
     }
 
     /// The client stream and the bytes read of it that the reader did not take: what is left
-    /// of the prefix, then what arrived past the bound.
-    pub fn into_parts(self) -> (Stream, BytesMut) {
-        let mut rest = self.prefix;
+    /// of the prefix, then what arrived past the bound. Writes still buffered are lost: flush
+    /// first.
+    pub fn into_parts(mut self) -> (Stream, BytesMut) {
+        let inner = self.inner.take().expect("the stream is taken only here");
+        debug_assert!(inner.buffer().is_empty(), "unflushed writes");
+        let mut rest = std::mem::take(&mut self.prefix);
         rest.extend_from_slice(&self.kept);
-        (self.inner, rest)
+        (inner.into_inner(), rest)
+    }
+
+    fn io(&self) -> &BufWriter<Stream> {
+        self.inner
+            .as_ref()
+            .expect("the stream is taken only by into_parts")
+    }
+
+    fn io_mut(&mut self) -> &mut BufWriter<Stream> {
+        self.inner
+            .as_mut()
+            .expect("the stream is taken only by into_parts")
+    }
+}
+
+impl Drop for Passthrough {
+    /// As pingora's own stream does: a last try to send what is buffered, without waiting
+    /// (pingora drops a stream it failed to proxy on without flushing it, and what it wrote of
+    /// a cut answer must still reach the client).
+    fn drop(&mut self) {
+        if let Some(io) = &mut self.inner {
+            let _ = Pin::new(io).poll_flush(&mut Context::from_waker(Waker::noop()));
+        }
     }
 }
 
@@ -88,12 +126,12 @@ impl AsyncRead for Passthrough {
             return Poll::Ready(Ok(()));
         }
         match this.left {
-            None => Pin::new(&mut this.inner).poll_read(cx, buf),
+            None => Pin::new(this.io_mut()).poll_read(cx, buf),
             Some(left) if left > 0 => {
                 // Never more than the reader's bytes.
                 let room = (buf.remaining() as u64).min(left) as usize;
                 let mut limited = ReadBuf::new(buf.initialize_unfilled_to(room));
-                let res = Pin::new(&mut this.inner).poll_read(cx, &mut limited);
+                let res = Pin::new(this.io_mut()).poll_read(cx, &mut limited);
                 let n = limited.filled().len();
                 buf.advance(n);
                 this.left = Some(left - n as u64);
@@ -105,7 +143,7 @@ impl AsyncRead for Passthrough {
                 }
                 let mut chunk = [0u8; 4096];
                 let mut side = ReadBuf::new(&mut chunk);
-                match Pin::new(&mut this.inner).poll_read(cx, &mut side) {
+                match Pin::new(this.io_mut()).poll_read(cx, &mut side) {
                     // The client closed: pingora should know.
                     Poll::Ready(Ok(())) if side.filled().is_empty() => Poll::Ready(Ok(())),
                     Poll::Ready(Ok(())) => {
@@ -127,15 +165,15 @@ impl AsyncWrite for Passthrough {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+        Pin::new(self.get_mut().io_mut()).poll_write(cx, data)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        Pin::new(self.get_mut().io_mut()).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        Pin::new(self.get_mut().io_mut()).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -143,24 +181,26 @@ impl AsyncWrite for Passthrough {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        Pin::new(self.get_mut().io_mut()).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.io().is_write_vectored()
     }
 }
 
 #[async_trait]
 impl Shutdown for Passthrough {
     async fn shutdown(&mut self) {
-        self.inner.shutdown().await
+        // What is still buffered goes out before the socket is shut.
+        let _ = self.io_mut().flush().await;
+        Shutdown::shutdown(&mut **self.io_mut().get_mut()).await
     }
 }
 
 impl UniqueID for Passthrough {
     fn id(&self) -> UniqueIDType {
-        self.inner.id()
+        self.io().get_ref().id()
     }
 }
 
@@ -168,33 +208,33 @@ impl UniqueID for Passthrough {
 // `X-Forwarded-Proto: https`).
 impl Ssl for Passthrough {
     fn get_ssl(&self) -> Option<&TlsRef> {
-        self.inner.get_ssl()
+        self.io().get_ref().get_ssl()
     }
 
     fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
-        self.inner.get_ssl_digest()
+        self.io().get_ref().get_ssl_digest()
     }
 
     fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
+        self.io().get_ref().selected_alpn_proto()
     }
 }
 
 impl GetTimingDigest for Passthrough {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
+        self.io().get_ref().get_timing_digest()
     }
 }
 
 impl GetProxyDigest for Passthrough {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
+        self.io().get_ref().get_proxy_digest()
     }
 }
 
 impl GetSocketDigest for Passthrough {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
+        self.io().get_ref().get_socket_digest()
     }
 }
 
@@ -207,7 +247,7 @@ impl Peek for Passthrough {
         if !self.prefix.is_empty() {
             return Ok(false);
         }
-        self.inner.try_peek(buf).await
+        self.io_mut().get_mut().try_peek(buf).await
     }
 }
 
@@ -266,5 +306,25 @@ mod tests {
         }
         let (_, rest) = p.into_parts();
         assert_eq!(&rest[..], b"NEXT");
+    }
+
+    #[tokio::test]
+    async fn what_pingora_wrote_reaches_the_client_even_unflushed() {
+        let (s, mut c) = pair().await;
+        let mut p = Passthrough::bounded(s, Some(0));
+        // A head and the start of a body, as pingora writes them before an upstream fails.
+        p.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+            .await
+            .unwrap();
+        p.write_all(b"abc").await.unwrap();
+        drop(p);
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).await.unwrap();
+        assert_eq!(
+            got,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
     }
 }
