@@ -17,7 +17,8 @@
 //! wait ends for any reason. [`SETTLE_LIMIT`] bounds every wait all the same.
 //!
 //! Cost: a fan-out's connections share one ticket, so they share one signal and each is woken
-//! once; the ledger's lock is taken once per answer and once per waiting connection.
+//! once, and one timer (its first waiter's) bounds them all; the ledger's lock is taken once
+//! per answer and twice per waiting connection.
 
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -92,12 +93,13 @@ impl AnswersDue {
 
     /// Returns once every answer due at `ticket` has been given, or after [`SETTLE_LIMIT`].
     pub async fn after(&self, ticket: Ticket) {
-        let signal = {
+        let (signal, first) = {
             let mut l = self.ledger.lock();
             if l.completed >= ticket.0 {
                 return;
             }
-            l.waiting.entry(ticket.0).or_default().clone()
+            let first = !l.waiting.contains_key(&ticket.0);
+            (l.waiting.entry(ticket.0).or_default().clone(), first)
         };
         let wait = signal.notified_owned();
         let mut wait = std::pin::pin!(wait);
@@ -107,13 +109,41 @@ impl AnswersDue {
         if self.ledger.lock().completed >= ticket.0 {
             return;
         }
+        if !first {
+            wait.await;
+            return;
+        }
+        // The ticket's first waiter keeps its limit for all of them: one timer per fan-out,
+        // not one per answered connection. If this waiter goes first (its task is dropped),
+        // the guard releases the others.
+        let release = Release {
+            due: self,
+            ticket: ticket.0,
+        };
         let _ = tokio::time::timeout(SETTLE_LIMIT, wait).await;
+        drop(release);
     }
 
     /// [`Self::after`] the answers due now (at once when none are).
     pub async fn settled(&self) {
         if let Some(t) = self.ticket() {
             self.after(t).await;
+        }
+    }
+}
+
+/// Held by a ticket's first waiter: when its wait ends, for whatever reason, every waiter of
+/// the ticket is released (at once a no-op when `done` already reached it).
+struct Release<'a> {
+    due: &'a AnswersDue,
+    ticket: u64,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let signal = self.due.ledger.lock().waiting.remove(&self.ticket);
+        if let Some(n) = signal {
+            n.notify_waiters();
         }
     }
 }
@@ -169,6 +199,50 @@ mod tests {
         }
         assert_eq!(d.pending(), 0);
         assert_eq!(d.ticket(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_waiters_limit_releases_every_waiter_of_its_ticket() {
+        let d = Arc::new(AnswersDue::default());
+        d.add(1);
+        let t = d.ticket().expect("an answer is due");
+        let start = tokio::time::Instant::now();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let d = d.clone();
+                tokio::spawn(async move {
+                    d.after(t).await;
+                    start.elapsed()
+                })
+            })
+            .collect();
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), SETTLE_LIMIT);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_waiter_that_goes_away_releases_the_others() {
+        let d = Arc::new(AnswersDue::default());
+        d.add(1);
+        let t = d.ticket().expect("an answer is due");
+        let first = tokio::spawn({
+            let d = d.clone();
+            async move { d.after(t).await }
+        });
+        run_others().await;
+        let second = tokio::spawn({
+            let d = d.clone();
+            async move { d.after(t).await }
+        });
+        run_others().await;
+        assert!(!second.is_finished(), "released with its ticket still due");
+        first.abort();
+        run_others().await;
+        assert!(
+            second.is_finished(),
+            "still waiting after the ticket's first waiter went away"
+        );
     }
 
     #[tokio::test(start_paused = true)]

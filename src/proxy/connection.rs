@@ -292,8 +292,12 @@ impl ConnectionApp {
                     .await
                     .is_ok();
                 self.finish(c, head, entry, kind, a.status, start, "");
-                if ok && keep_alive && !a.close {
-                    if let Some(t) = a.fanout {
+                let (close, fanout) = (a.close, a.fanout);
+                // Freed now, not after the wait below: in a fan-out every answer would
+                // otherwise stay allocated until the last one is written.
+                drop(a);
+                if ok && keep_alive && !close {
+                    if let Some(t) = fanout {
                         // The buffer goes back to the allocator for the next answer of the
                         // fan-out, rather than staying with a connection that may now idle.
                         *c.out = Vec::new();
