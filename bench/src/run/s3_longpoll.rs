@@ -26,6 +26,7 @@ pub(super) fn s3(env: &Env, report: &mut Report) -> Result<(), String> {
             "fan-out s",
             "RSS/held poll",
             "hold setup s",
+            "server CPU µs/answer",
             "server user µs/answer",
             "server sys µs/answer",
             "p99 ms by message",
@@ -93,6 +94,10 @@ fn lp_row(name: &str, behaviour: &str, v: &Value) -> Vec<String> {
             .as_f64()
             .map(|x| fmt(x, 1))
             .unwrap_or_default(),
+        match (v["server_cpu_ns_during_fanout"].as_f64(), answers) {
+            (Some(ns), Some(n)) => fmt(ns / 1e3 / n, 2),
+            _ => "-".into(),
+        },
         per_answer("server_user_s_during_fanout"),
         per_answer("server_sys_s_during_fanout"),
         by_message(v),
@@ -162,9 +167,10 @@ fn notes(env: &Env, sec: &mut Section) {
          answer is matched to the message it holds: \"delivered\" counts (client, message) pairs against \
          clients x messages, and a message lost, skipped, repeated or answered before its publish fails \
          the \"all delivered\" check. Latency: from sending a message's publish to a client holding the \
-         whole answer, per pair. Server user / sys µs/answer: the server's user and system CPU time from \
-         the first publish to the last answer (every worker's, summed), divided by the answers \
-         (clock-tick resolution, 10 ms). RSS/held poll: server VmRSS growth while holding, divided by \
+         whole answer, per pair. Server CPU µs/answer: the server's time on a CPU from the first publish \
+         to the last answer (every thread of every worker, from the scheduler's `schedstat`, in ns), \
+         divided by the answers; user / sys µs/answer split the same time from `stat` at clock-tick \
+         resolution (10 ms). RSS/held poll: server VmRSS growth while holding, divided by \
          the polls held (one process only: \"-\" for two Nchan workers). Nchan acknowledges a publish \
          only after handing the message to that channel's subscribers, so its publishes to 100 topics \
          are paced; the sample backend acknowledges at once, so pollgate's answers are all due \
