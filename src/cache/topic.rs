@@ -1,9 +1,19 @@
 //! One topic: its ring of recent messages, its subscription state and its change signal.
 //!
 //! The ring sits behind a `parking_lot::Mutex` held only for a few pointer copies (never across
-//! `.await`), which is cheaper than an async lock for this many short critical sections. The
-//! change signal is a `tokio::sync::watch`: a waiter subscribes *before* it reads the ring, so a
-//! message published between its read and its wait still wakes it.
+//! `.await`), which is cheaper than an async lock for this many short critical sections. A
+//! waiter subscribes to a change signal *before* it reads the ring, so a message published
+//! between its read and its wait still wakes it. There are two signals, woken together:
+//!
+//! - held polls wait on [`Topic::held_changed`], one `tokio::sync::Notify`, which wakes its
+//!   waiters in the order they began to wait, so a fan-out answers connections in the order
+//!   their clients came, as nginx walks its subscriber list. tokio's `watch` spreads its
+//!   waiters over 8 lists chosen at random and wakes list by list: a fan-out in that order
+//!   jumped about 5,000 connections' memory on both sides of the socket, and cost the gateway
+//!   and its client measurably more per answer (docs/benchmarks.md, 3b).
+//! - everything else that waits for news (a cold topic's first message, EventSource streams,
+//!   shadow comparisons) keeps a `watch::Receiver` ([`Topic::watch`]), whose version also
+//!   catches a change made while its holder was busy elsewhere.
 
 use super::due::AnswersDue;
 use super::message::Message;
@@ -12,7 +22,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::watch;
+use tokio::sync::futures::Notified;
+use tokio::sync::{watch, Notify};
 
 /// Where a topic's upstream subscription stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +57,8 @@ pub struct Topic {
     capacity: usize,
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
+    /// Held polls' signal: FIFO (see the module docs).
+    held_changed: Notify,
     /// Where a publish records the held polls it wakes.
     due: Arc<AnswersDue>,
     /// Milliseconds since the store's epoch of the last poll: read by the idle sweeper.
@@ -89,6 +102,7 @@ impl Topic {
                 uncounted: 0,
             }),
             changed,
+            held_changed: Notify::new(),
             due,
             last_poll_ms: AtomicU64::new(now_ms),
             saved: AtomicU64::new(0),
@@ -103,6 +117,13 @@ impl Topic {
     /// A receiver that will see every change after this call.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// A held poll's wait for the next change: it sees every change after it is enabled
+    /// (`Notified::enable`, before the ring is read), and waiters are woken in the order they
+    /// were enabled.
+    pub fn held_changed(&self) -> Notified<'_> {
+        self.held_changed.notified()
     }
 
     pub fn state(&self) -> SubState {
@@ -126,6 +147,7 @@ impl Topic {
             }
         }
         self.changed.send_modify(|_| {});
+        self.held_changed.notify_waiters();
     }
 
     /// A held poll begins to wait: the next publish counts it as an answer due. Returns what
@@ -174,6 +196,7 @@ impl Topic {
         // Recorded before the waiters wake, so none can leave the ledger before it is counted.
         self.due.add(woken);
         self.changed.send_replace(seq);
+        self.held_changed.notify_waiters();
         msg
     }
 
@@ -441,6 +464,51 @@ mod tests {
         assert!(caught_up.messages.is_empty() && !caught_up.lost);
         assert_eq!(caught_up.seq, base + 4);
         assert!(t.after(&Resume::After(CursorArg::Id("nope".into()))).lost);
+    }
+
+    #[tokio::test]
+    async fn held_polls_enabled_before_reading_see_later_publishes() {
+        let t = Arc::new(Topic::new("t", 1, 0, Default::default()));
+        let wait = t.held_changed();
+        let mut wait = std::pin::pin!(wait);
+        wait.as_mut().enable();
+        assert!(t.latest().is_none());
+        let t2 = t.clone();
+        tokio::spawn(async move { t2.publish(msg) });
+        wait.await;
+        assert!(t.latest().is_some());
+    }
+
+    /// A current-thread runtime runs woken tasks in the order they were woken, so the order
+    /// the held polls run in is the order the signal woke them.
+    #[tokio::test]
+    async fn held_polls_are_woken_in_the_order_they_began_to_wait() {
+        let t = Arc::new(Topic::new("t", 1, 0, Default::default()));
+        let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let mut held = Vec::new();
+        for i in 0..64 {
+            let (t, order) = (t.clone(), order.clone());
+            let (ready, enabled) = tokio::sync::oneshot::channel();
+            held.push(tokio::spawn(async move {
+                let wait = t.held_changed();
+                let mut wait = std::pin::pin!(wait);
+                wait.as_mut().enable();
+                let _ = ready.send(());
+                wait.await;
+                order.lock().push(i);
+            }));
+            enabled.await.unwrap();
+        }
+        t.publish(msg);
+        for h in held {
+            h.await.unwrap();
+        }
+        let got = order.lock().clone();
+        assert_eq!(
+            got,
+            (0..64).collect::<Vec<_>>(),
+            "woken out of order: {got:?}"
+        );
     }
 
     #[tokio::test]

@@ -33,6 +33,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::futures::Notified;
 use tokio::time::sleep_until;
 
 /// How a poll ended.
@@ -333,10 +334,10 @@ enum Woke {
     Gone,
 }
 
-/// Waits for the topic to change (`rx` was subscribed before the caller read the cache), the
+/// Waits for the topic to change (`changed` was enabled before the caller read the cache), the
 /// deadline, the server's shutdown, or the client to hang up.
 async fn wait_change<G: Future>(
-    rx: &mut tokio::sync::watch::Receiver<u64>,
+    changed: Pin<&mut Notified<'_>>,
     deadline: tokio::time::Instant,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
     gone: Pin<&mut G>,
@@ -345,7 +346,7 @@ async fn wait_change<G: Future>(
         return Woke::Shutdown;
     }
     tokio::select! {
-        r = rx.changed() => if r.is_ok() { Woke::Changed } else { Woke::Shutdown },
+        _ = changed => Woke::Changed,
         _ = sleep_until(deadline) => Woke::Timeout,
         _ = shutdown.changed() => Woke::Shutdown,
         _ = gone => Woke::Gone,
@@ -382,7 +383,9 @@ async fn latest<G: Future>(
                 let mut again = false;
                 let woke = loop {
                     // Subscribe before reading the cache, so a publish in between is not missed.
-                    let mut rx = h.topic.watch();
+                    let changed = h.topic.held_changed();
+                    let mut changed = std::pin::pin!(changed);
+                    changed.as_mut().enable();
                     if let Some(n) = h.topic.latest() {
                         msg = n;
                     }
@@ -393,7 +396,7 @@ async fn latest<G: Future>(
                         // Woken by a change that was not news to this client: it waits on.
                         slot.rearm();
                     }
-                    match wait_change(&mut rx, deadline, &mut shutdown, h.gone.as_mut()).await {
+                    match wait_change(changed, deadline, &mut shutdown, h.gone.as_mut()).await {
                         Woke::Changed => again = true,
                         w => break w,
                     }
@@ -429,7 +432,10 @@ async fn latest<G: Future>(
 /// Since mode: every cached message after the cursor as one JSON array, held until there is one
 /// when the client may wait. `None`: the client left.
 async fn since<G: Future>(mut h: Hold<'_, '_, G>, ask: &Ask, stale: bool) -> Option<Answer> {
-    let mut rx = h.topic.watch();
+    // Enabled before the cache is read, so a publish in between is not missed.
+    let changed = h.topic.held_changed();
+    let mut changed = std::pin::pin!(changed);
+    changed.as_mut().enable();
     let mut got = h.topic.since(ask.cursor.as_ref());
     let mut held = false;
     let mut close = false;
@@ -446,9 +452,10 @@ async fn since<G: Future>(mut h: Hold<'_, '_, G>, ask: &Ask, stale: bool) -> Opt
         let deadline = tokio::time::Instant::now() + h.wait;
         let mut shutdown = h.hub.cache.store.shutdown_signal();
         loop {
-            match wait_change(&mut rx, deadline, &mut shutdown, h.gone.as_mut()).await {
+            match wait_change(changed.as_mut(), deadline, &mut shutdown, h.gone.as_mut()).await {
                 Woke::Changed => {
-                    rx = h.topic.watch();
+                    changed.set(h.topic.held_changed());
+                    changed.as_mut().enable();
                     got = h.topic.since(ask.cursor.as_ref());
                     if !got.messages.is_empty() {
                         drop(slot);
