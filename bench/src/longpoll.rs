@@ -10,6 +10,7 @@ use crate::client::{self, Conn};
 use crate::pairs::{self, Received};
 use crate::poll_contract::{seqs_in, Contract, Validators};
 use crate::stats::{round3, summarize};
+use crate::usage::Usage;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -116,24 +117,6 @@ pub fn cpu_user_sys_s(pid: u32) -> Option<(f64, f64)> {
     let user: f64 = f.get(11)?.parse().ok()?;
     let sys: f64 = f.get(12)?.parse().ok()?;
     Some((user / 100.0, sys / 100.0))
-}
-
-/// Nanoseconds every thread of a process has spent on a CPU so far (the scheduler's own count,
-/// `/proc/<pid>/task/*/schedstat`), user and system together: exact where `stat`'s clock ticks
-/// are 10 ms, a sizeable part of a 5,000-answer fan-out. Threads that end meanwhile drop out.
-pub fn cpu_ns(pid: u32) -> Option<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total = 0;
-    for t in tasks.flatten() {
-        if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
-            total += s
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    Some(total)
 }
 
 /// Sums every `pollgate_long_polls_held` sample in a Prometheus exposition.
@@ -398,6 +381,12 @@ fn cpu_of(pids: &[u32]) -> Option<(f64, f64)> {
     })
 }
 
+/// Nanoseconds on a CPU (`schedstat`: exact where `stat`'s clock ticks are 10 ms, a sizeable
+/// part of a 5,000-answer fan-out) of `pid`'s threads.
+fn cpu_ns(pid: u32) -> Option<u64> {
+    Usage::of(pid).map(|u| u.cpu_ns)
+}
+
 /// [`cpu_ns`] of every process in `pids`, summed.
 fn cpu_ns_of(pids: &[u32]) -> Option<u64> {
     if pids.is_empty() {
@@ -519,6 +508,7 @@ pub async fn run(a: LongpollArgs) -> Result<serde_json::Value, String> {
     let server_cpu_before = cpu_of(&a.pid);
     let server_ns_before = cpu_ns_of(&a.pid);
     let client_cpu_before = cpu_s(std::process::id());
+    let client_ns_before = cpu_ns(std::process::id());
     let publish_started = Instant::now();
     let on_failure = stop_tx.clone();
     let publisher = std::thread::spawn(move || {
@@ -557,6 +547,9 @@ pub async fn run(a: LongpollArgs) -> Result<serde_json::Value, String> {
     let server_cpu = server_user_sys.map(|(u, s)| round3(u + s));
     let server_ns = cpu_ns_of(&a.pid)
         .zip(server_ns_before)
+        .map(|(x, y)| x.saturating_sub(y));
+    let client_ns = cpu_ns(std::process::id())
+        .zip(client_ns_before)
         .map(|(x, y)| x.saturating_sub(y));
     let client_cpu = cpu_s(std::process::id())
         .zip(client_cpu_before)
@@ -656,6 +649,9 @@ pub async fn run(a: LongpollArgs) -> Result<serde_json::Value, String> {
         "server_sys_s_during_fanout": server_user_sys.map(|c| c.1),
         "server_cpu_ns_during_fanout": server_ns,
         "client_cpu_s_during_fanout": client_cpu,
+        // Beside the server's: a client whose CPU time equals the fan-out's length is the
+        // bottleneck, and the latency is partly its own.
+        "client_cpu_ns_during_fanout": client_ns,
         "rss_before_kib": rss_before,
         "rss_after_kib": rss_after,
         "rss_per_held_bytes": per_held,

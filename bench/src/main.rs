@@ -24,6 +24,7 @@ mod report;
 mod run;
 mod sse_fanout;
 mod stats;
+mod usage;
 mod wsecho;
 
 use clap::{Parser, Subcommand};

@@ -21,7 +21,6 @@ mod s5_websocket;
 mod s6_plain_proxy;
 mod s7_transports;
 mod servers;
-mod usage;
 mod wrk;
 
 use crate::client;

@@ -27,6 +27,7 @@ pub(super) fn s3(env: &Env, report: &mut Report) -> Result<(), String> {
             "RSS/held poll",
             "hold setup s",
             "server CPU µs/answer",
+            "client CPU µs/answer",
             "server user µs/answer",
             "server sys µs/answer",
             "p99 ms by message",
@@ -73,6 +74,10 @@ fn lp_row(name: &str, behaviour: &str, v: &Value) -> Vec<String> {
         (Some(cpu), Some(n)) => fmt(cpu * 1e6 / n, 1),
         _ => "-".into(),
     };
+    let ns_per_answer = |k: &str| match (v[k].as_f64(), answers) {
+        (Some(ns), Some(n)) => fmt(ns / 1e3 / n, 2),
+        _ => "-".into(),
+    };
     vec![
         name.to_string(),
         behaviour.to_string(),
@@ -94,10 +99,8 @@ fn lp_row(name: &str, behaviour: &str, v: &Value) -> Vec<String> {
             .as_f64()
             .map(|x| fmt(x, 1))
             .unwrap_or_default(),
-        match (v["server_cpu_ns_during_fanout"].as_f64(), answers) {
-            (Some(ns), Some(n)) => fmt(ns / 1e3 / n, 2),
-            _ => "-".into(),
-        },
+        ns_per_answer("server_cpu_ns_during_fanout"),
+        ns_per_answer("client_cpu_ns_during_fanout"),
         per_answer("server_user_s_during_fanout"),
         per_answer("server_sys_s_during_fanout"),
         by_message(v),
@@ -169,8 +172,9 @@ fn notes(env: &Env, sec: &mut Section) {
          the \"all delivered\" check. Latency: from sending a message's publish to a client holding the \
          whole answer, per pair. Server CPU µs/answer: the server's time on a CPU from the first publish \
          to the last answer (every thread of every worker, from the scheduler's `schedstat`, in ns), \
-         divided by the answers; user / sys µs/answer split the same time from `stat` at clock-tick \
-         resolution (10 ms). RSS/held poll: server VmRSS growth while holding, divided by \
+         divided by the answers; client CPU µs/answer: the same for the load generator's own threads (when \
+         it equals the fan-out's length per answer, the client is the bottleneck); user / sys \
+         µs/answer split the server's time from `stat` at clock-tick resolution (10 ms). RSS/held poll: server VmRSS growth while holding, divided by \
          the polls held (one process only: \"-\" for two Nchan workers). Nchan acknowledges a publish \
          only after handing the message to that channel's subscribers, so its publishes to 100 topics \
          are paced; the sample backend acknowledges at once, so pollgate's answers are all due \

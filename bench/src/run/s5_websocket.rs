@@ -6,9 +6,9 @@ use super::env::Env;
 use super::measure::{median, ratio};
 use super::nginx;
 use super::pollgate_config::pollgate_config;
-use super::usage::Usage;
 use crate::procs::Procs;
 use crate::report::{fmt, Report, Section};
+use crate::usage::Usage;
 use serde_json::{json, Value};
 use std::time::Duration;
 

@@ -4,15 +4,15 @@
 
 /// One process's counters at one instant.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Usage {
-    pub(super) cpu_ns: u64,
+pub(crate) struct Usage {
+    pub(crate) cpu_ns: u64,
     /// Voluntary context switches: each one a wait for something (I/O, a timer).
-    pub(super) sleeps: u64,
+    pub(crate) sleeps: u64,
 }
 
 impl Usage {
     /// The counters of `pid` and its threads now; `None` when it is gone or /proc lacks them.
-    pub(super) fn of(pid: u32) -> Option<Usage> {
+    pub(crate) fn of(pid: u32) -> Option<Usage> {
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
         let mut u = Usage {
             cpu_ns: 0,
@@ -31,7 +31,7 @@ impl Usage {
     }
 
     /// Per unit of work since `before`: CPU microseconds and sleeps.
-    pub(super) fn per(&self, before: &Usage, units: f64) -> (f64, f64) {
+    pub(crate) fn per(&self, before: &Usage, units: f64) -> (f64, f64) {
         let cpu = self.cpu_ns.saturating_sub(before.cpu_ns) as f64 / 1e3;
         let sleeps = self.sleeps.saturating_sub(before.sleeps) as f64;
         (cpu / units, sleeps / units)
@@ -57,12 +57,20 @@ mod tests {
     #[test]
     fn this_process_has_cpu_time_and_counts_per_unit() {
         let a = Usage::of(std::process::id()).expect("/proc/self");
+        // A running thread's `schedstat` moves at the scheduler's ticks, not at each read, so
+        // the test works until the account moves (bounded), rather than for a fixed count
+        // that an optimised build finishes between two ticks.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut x = 0u64;
-        for i in 0..2_000_000u64 {
-            x = x.wrapping_add(i * i);
-        }
-        std::hint::black_box(x);
-        let b = Usage::of(std::process::id()).unwrap();
+        let b = loop {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_add(i.wrapping_mul(i)));
+            }
+            let b = Usage::of(std::process::id()).unwrap();
+            if b.cpu_ns > a.cpu_ns || std::time::Instant::now() > deadline {
+                break b;
+            }
+        };
         assert!(b.cpu_ns > a.cpu_ns, "{a:?} {b:?}");
         let (cpu, _) = b.per(&a, 2.0);
         assert!(cpu > 0.0);
