@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::routes::{behind, SINCE};
+use common::routes::{behind, poll_route, since};
 use common::sse::{request, Event, EventStream, Item, Parser};
 use common::*;
 use futures_util::StreamExt;
@@ -15,15 +15,14 @@ fn config(up: &Upstream, top: &str, routes: &str) -> String {
     behind(up.addr, top, &[routes])
 }
 
-const LATEST: &str = r#"  - name: prices
-    path: "/api/prices/{topic}"
-    upstream: backend
-    access: public
-    subscribe:
-      path: "/ws/prices/{topic}"
-    mode: latest
+fn latest() -> String {
+    poll_route(
+        "prices",
+        r#"    mode: latest
     first_message_wait: 2s
-"#;
+"#,
+    )
+}
 
 const ACTIVE: &str = r#"pollgate_sse_streams_active{route="news"}"#;
 const EVENTS: &str = r#"pollgate_sse_events_total{route="news"}"#;
@@ -64,7 +63,7 @@ async fn streams_send_each_message_in_order_with_its_cursor_as_id_on_both_paths(
     let up = Upstream::start().await;
     const WS: &str = "/ws/news/btc";
     up.publish(WS, "m0");
-    let gw = Gateway::start(&config(&up, "", SINCE)).await;
+    let gw = Gateway::start(&config(&up, "", &since())).await;
     let c0 = warm(&gw, "/api/news/btc").await;
     let mut heads = Vec::new();
     let mut published = 1;
@@ -125,7 +124,7 @@ async fn multi_line_payloads_become_several_data_lines() {
     let up = Upstream::start().await;
     const WS: &str = "/ws/prices/lines";
     up.publish(WS, "first");
-    let gw = Gateway::start(&config(&up, "", LATEST)).await;
+    let gw = Gateway::start(&config(&up, "", &latest())).await;
     assert_eq!(
         get_with(gw.addr, "/api/prices/lines", &[]).await.status,
         200
@@ -211,7 +210,7 @@ async fn a_reconnecting_client_resumes_from_last_event_id_without_loss() {
     let up = Upstream::start().await;
     const WS: &str = "/ws/news/eth";
     up.publish(WS, "n0");
-    let gw = Gateway::start(&config(&up, "", SINCE)).await;
+    let gw = Gateway::start(&config(&up, "", &since())).await;
     warm(&gw, "/api/news/eth").await;
     let http = client();
     let url = gw.url("/api/news/eth");
@@ -250,7 +249,7 @@ async fn a_reconnecting_client_resumes_from_last_event_id_without_loss() {
 #[tokio::test]
 async fn a_cursor_out_of_history_gets_a_gap_event_then_everything_held() {
     let up = Upstream::start().await;
-    let routes = SINCE.replace("history: 100", "history: 3");
+    let routes = since().replace("history: 100", "history: 3");
     let gw = Gateway::start(&config(&up, "", &routes)).await;
     let mut published = 0.0;
     for fast in [true, false] {
@@ -322,7 +321,7 @@ async fn latest_streams_send_the_current_message_then_each_new_one() {
     let up = Upstream::start().await;
     const WS: &str = "/ws/prices/btc";
     up.publish(WS, r#"{"p":1}"#);
-    let gw = Gateway::start(&config(&up, "", LATEST)).await;
+    let gw = Gateway::start(&config(&up, "", &latest())).await;
     let warm = get_with(gw.addr, "/api/prices/btc", &[]).await;
     assert_eq!(warm.status, 200);
     let mut first = EventStream::open(gw.addr, "/api/prices/btc", &[]).await;
@@ -345,7 +344,7 @@ async fn latest_streams_send_the_current_message_then_each_new_one() {
 #[tokio::test]
 async fn idle_and_cold_streams_get_heartbeats_and_keep_their_topic() {
     let up = Upstream::start().await;
-    let routes = SINCE.replace(
+    let routes = since().replace(
         "    history: 100\n",
         "    history: 100\n    sse_heartbeat: 200ms\n    idle_unsubscribe: 1s\n",
     );
@@ -393,11 +392,11 @@ async fn streams_beyond_their_caps_are_refused_with_503() {
     up.publish("/ws/prices/b", "b");
     let routes = format!(
         "{}{}",
-        SINCE.replace(
+        since().replace(
             "    history: 100\n",
             "    history: 100\n    max_sse_streams: 1\n"
         ),
-        LATEST
+        &latest()
     );
     let gw = Gateway::start(&config(&up, "max_sse_streams: 2\n", &routes)).await;
     let sse = [("Accept", "text/event-stream")];
@@ -426,7 +425,7 @@ async fn streams_beyond_their_caps_are_refused_with_503() {
 async fn a_client_that_hangs_up_frees_its_stream_at_once_on_both_paths() {
     let up = Upstream::start().await;
     up.publish("/ws/news/h", "v");
-    let routes = SINCE.replace(
+    let routes = since().replace(
         "    history: 100\n",
         "    history: 100\n    max_sse_streams: 5\n",
     );
@@ -456,7 +455,7 @@ async fn shutdown_ends_every_stream_after_its_last_event() {
         const WS: &str = "/ws/news/s";
         up.publish(WS, "s0");
         let top = format!("fast_paths: {fast}\n");
-        let mut gw = Gateway::start(&config(&up, &top, SINCE)).await;
+        let mut gw = Gateway::start(&config(&up, &top, &since())).await;
         warm(&gw, "/api/news/s").await;
         let mut chunked = EventStream::open(gw.addr, "/api/news/s", &[]).await;
         let old = request("/api/news/s", "1.0", &[]);
@@ -486,7 +485,7 @@ async fn http10_clients_get_a_close_delimited_stream_on_both_paths() {
     let up = Upstream::start().await;
     const WS: &str = "/ws/news/old";
     up.publish(WS, "o0");
-    let gw = Gateway::start(&config(&up, "", SINCE)).await;
+    let gw = Gateway::start(&config(&up, "", &since())).await;
     warm(&gw, "/api/news/old").await;
     for fast in [true, false] {
         gw.set_fast_paths(fast).await;
@@ -508,7 +507,7 @@ async fn other_requests_keep_their_answers() {
     let up = Upstream::start().await;
     up.publish("/ws/prices/btc", "p");
     let cors = "cors:\n  allow_origins: [\"https://app.example\"]\n";
-    let gw = Gateway::start(&config(&up, cors, LATEST)).await;
+    let gw = Gateway::start(&config(&up, cors, &latest())).await;
     let sse = ("Accept", "text/event-stream");
     for fast in [true, false] {
         gw.set_fast_paths(fast).await;

@@ -5,7 +5,7 @@
 mod common;
 
 use common::http2::{get, h2_tls, h2c, read, start};
-use common::routes::{behind, LATEST_LONG, SINCE};
+use common::routes::{behind, latest_long, since};
 use common::sse::{Item, Parser};
 use common::tls::TestCa;
 use common::*;
@@ -14,7 +14,7 @@ use std::time::Duration;
 const HELD: &str = r#"pollgate_long_polls_held{route="prices"}"#;
 
 fn config(up: &Upstream, extra: &str) -> String {
-    behind(up.addr, extra, &[LATEST_LONG, SINCE])
+    behind(up.addr, extra, &[&latest_long(), &since()])
 }
 
 /// A gateway with a TLS listener (ALPN h2, http/1.1) and h2c on its cleartext listener.

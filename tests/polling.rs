@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::routes::{behind, LATEST_LONG};
+use common::routes::{behind, latest_long, poll_route};
 use common::wire::Reader;
 use common::*;
 use futures_util::StreamExt;
@@ -15,28 +15,26 @@ fn config(up: &Upstream, routes: &str) -> String {
     behind(up.addr, "", &[routes])
 }
 
-const LATEST: &str = r#"  - name: prices
-    path: "/api/prices/{topic}"
-    upstream: backend
-    access: public
-    subscribe:
-      path: "/ws/prices/{topic}"
-    mode: latest
+fn latest() -> String {
+    poll_route(
+        "prices",
+        r#"    mode: latest
     content_type: application/json
     first_message_wait: 2s
-"#;
+"#,
+    )
+}
 
-const SINCE: &str = r#"  - name: news
-    path: "/api/news/{topic}"
-    upstream: backend
-    access: public
-    subscribe:
-      path: "/ws/news/{topic}"
-    mode: since
+fn since() -> String {
+    poll_route(
+        "news",
+        r#"    mode: since
     history: 2000
     long_poll: 20s
     first_message_wait: 2s
-"#;
+"#,
+    )
+}
 
 const SHARED: &str = r#"  - name: feed
     path: "/feed/{topic}"
@@ -64,7 +62,7 @@ async fn latest_mode_serves_the_newest_payload_with_validators() {
     let up = Upstream::start().await;
     let payload = r#"{"price": 101.5, "note": "ünïcode"}"#;
     up.publish("/ws/prices/btc", payload);
-    let gw = Gateway::start(&config(&up, LATEST)).await;
+    let gw = Gateway::start(&config(&up, &latest())).await;
     let r = get(&gw, "/api/prices/btc", &[]).await;
     assert_eq!(r.status, 200, "{}", r.head);
     assert_eq!(r.body, payload, "byte for byte");
@@ -149,7 +147,7 @@ async fn binary_frames_are_served_byte_for_byte() {
     let up = Upstream::start().await;
     let bytes: Vec<u8> = (0..=255u8).rev().collect();
     up.publish_binary("/ws/prices/bin", &bytes);
-    let gw = Gateway::start(&config(&up, LATEST)).await;
+    let gw = Gateway::start(&config(&up, &latest())).await;
     let r = client()
         .get(gw.url("/api/prices/bin"))
         .send()
@@ -163,8 +161,8 @@ async fn binary_frames_are_served_byte_for_byte() {
 async fn etags_are_the_same_on_every_replica() {
     let up = Upstream::start().await;
     up.publish("/ws/prices/eth", r#"{"price": 7}"#);
-    let a = Gateway::start(&config(&up, LATEST)).await;
-    let b = Gateway::start(&config(&up, LATEST)).await;
+    let a = Gateway::start(&config(&up, &latest())).await;
+    let b = Gateway::start(&config(&up, &latest())).await;
     let ra = get(&a, "/api/prices/eth", &[]).await;
     let rb = get(&b, "/api/prices/eth", &[]).await;
     assert_eq!(ra.status, 200);
@@ -183,7 +181,7 @@ async fn etags_are_the_same_on_every_replica() {
 async fn a_held_long_poll_returns_with_the_next_message() {
     let up = Upstream::start().await;
     up.publish("/ws/prices/btc", "v1");
-    let gw = Gateway::start(&config(&up, LATEST_LONG)).await;
+    let gw = Gateway::start(&config(&up, &latest_long())).await;
     let r = get(&gw, "/api/prices/btc", &[]).await;
     let etag = r.header("etag").unwrap();
     let gw_addr = gw.addr;
@@ -226,7 +224,7 @@ async fn a_held_long_poll_returns_with_the_next_message() {
 async fn prefer_wait_holds_a_poll_and_times_out_with_304() {
     let up = Upstream::start().await;
     up.publish("/ws/prices/x", "same");
-    let gw = Gateway::start(&config(&up, LATEST)).await;
+    let gw = Gateway::start(&config(&up, &latest())).await;
     let etag = get(&gw, "/api/prices/x", &[]).await.header("etag").unwrap();
     let t = Instant::now();
     let r = get(
@@ -263,7 +261,7 @@ async fn many_pollers_cost_one_subscription_per_topic() {
     for t in 0..5 {
         up.publish(&format!("/ws/prices/t{t}"), &format!("topic {t}"));
     }
-    let gw = Gateway::start(&config(&up, LATEST)).await;
+    let gw = Gateway::start(&config(&up, &latest())).await;
     let c = client();
     let mut tasks = Vec::new();
     for i in 0..500 {
@@ -303,7 +301,7 @@ async fn many_pollers_cost_one_subscription_per_topic() {
 async fn since_mode_delivers_every_message_exactly_once_in_order() {
     let up = Upstream::start().await;
     up.publish("/ws/news/n", "0");
-    let gw = Gateway::start(&config(&up, SINCE)).await;
+    let gw = Gateway::start(&config(&up, &since())).await;
     let first = get(&gw, "/api/news/n", &[]).await;
     assert_eq!(first.status, 200);
     assert_eq!(first.body, "[0]");
@@ -350,7 +348,11 @@ async fn since_mode_delivers_every_message_exactly_once_in_order() {
 async fn since_mode_flags_cursors_outside_history_and_rejects_bad_ones() {
     let up = Upstream::start().await;
     up.publish("/ws/news/h", "0");
-    let gw = Gateway::start(&config(&up, &SINCE.replace("history: 2000", "history: 3"))).await;
+    let gw = Gateway::start(&config(
+        &up,
+        &since().replace("history: 2000", "history: 3"),
+    ))
+    .await;
     let first = get(&gw, "/api/news/h", &[]).await;
     let c0 = first.header("pollgate-cursor").unwrap();
     for i in 1..=5 {
@@ -408,7 +410,7 @@ async fn cold_topics_fall_back_to_the_backend_over_http() {
     up.on_http(|r| Reply::ok(&format!("legacy answer for {}", r.target)));
     let gw = Gateway::start(&config(
         &up,
-        &LATEST.replace("first_message_wait: 2s", "first_message_wait: 300ms"),
+        &latest().replace("first_message_wait: 2s", "first_message_wait: 300ms"),
     ))
     .await;
     // The upstream refuses the subscription: the poll is forwarded unchanged.
@@ -435,7 +437,7 @@ async fn cold_topics_fall_back_to_the_backend_over_http() {
 async fn hung_up_pollers_are_released_at_once() {
     let up = Upstream::start().await;
     up.publish("/ws/prices/h", "v");
-    let gw = Gateway::start(&config(&up, LATEST_LONG)).await;
+    let gw = Gateway::start(&config(&up, &latest_long())).await;
     let etag = get(&gw, "/api/prices/h", &[]).await.header("etag").unwrap();
     let socks = open_held_polls(gw.addr, "/api/prices/h", &etag, 20).await;
     gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 20.0)
@@ -468,7 +470,7 @@ async fn terminate_answering(mut gw: Gateway, socks: Vec<tokio::net::TcpStream>)
 async fn shutdown_answers_every_held_poll() {
     let up = Upstream::start().await;
     up.publish("/ws/prices/s", "v");
-    let gw = Gateway::start(&config(&up, LATEST_LONG)).await;
+    let gw = Gateway::start(&config(&up, &latest_long())).await;
     let etag = get(&gw, "/api/prices/s", &[]).await.header("etag").unwrap();
     let socks = open_held_polls(gw.addr, "/api/prices/s", &etag, 5).await;
     gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 5.0)
@@ -484,7 +486,7 @@ async fn held_polls_are_answered_without_work_stealing() {
     let up = Upstream::start().await;
     up.publish("/ws/prices/w", "v1");
     let cfg =
-        config(&up, LATEST_LONG).replace("threads: 1\n", "threads: 2\nwork_stealing: false\n");
+        config(&up, &latest_long()).replace("threads: 1\n", "threads: 2\nwork_stealing: false\n");
     let gw = Gateway::start(&cfg).await;
     let etag = get(&gw, "/api/prices/w", &[]).await.header("etag").unwrap();
     let held = "pollgate_long_polls_held{route=\"prices\"}";
@@ -514,7 +516,7 @@ async fn limits_refuse_with_503_and_retry_after() {
     up.publish("/ws/prices/b", "b");
     let cfg = config(
         &up,
-        &LATEST_LONG.replace(
+        &latest_long().replace(
             "    mode: latest\n",
             "    mode: latest\n    max_held_polls: 1\n",
         ),
@@ -561,7 +563,7 @@ async fn idle_topics_are_unsubscribed_and_evicted() {
     up.publish("/ws/prices/idle", "v");
     let gw = Gateway::start(&config(
         &up,
-        &LATEST.replace(
+        &latest().replace(
             "    mode: latest\n",
             "    mode: latest\n    idle_unsubscribe: 500ms\n",
         ),
@@ -588,7 +590,7 @@ async fn idle_topics_are_unsubscribed_and_evicted() {
 #[tokio::test]
 async fn other_methods_and_websockets_on_poll_paths_go_to_the_backend() {
     let up = Upstream::start().await;
-    let gw = Gateway::start(&config(&up, LATEST)).await;
+    let gw = Gateway::start(&config(&up, &latest())).await;
     let r = client()
         .post(gw.url("/api/prices/btc"))
         .body("order")
@@ -611,7 +613,7 @@ async fn other_methods_and_websockets_on_poll_paths_go_to_the_backend() {
 #[tokio::test]
 async fn bad_topics_are_refused() {
     let up = Upstream::start().await;
-    let gw = Gateway::start(&config(&up, LATEST)).await;
+    let gw = Gateway::start(&config(&up, &latest())).await;
     let long = "a".repeat(257);
     for path in [
         format!("/api/prices/{long}"),
@@ -636,7 +638,7 @@ async fn bad_topics_are_refused() {
 async fn interrupted_subscriptions_reconnect_and_flag_the_gap() {
     let up = Upstream::start().await;
     up.publish("/ws/news/g", "1");
-    let gw = Gateway::start(&config(&up, SINCE)).await;
+    let gw = Gateway::start(&config(&up, &since())).await;
     let r = get(&gw, "/api/news/g", &[]).await;
     assert_eq!(r.body, "[1]");
     let cursor = r.header("pollgate-cursor").unwrap();
@@ -675,7 +677,7 @@ async fn interrupted_subscriptions_reconnect_and_flag_the_gap() {
 async fn subscription_headers_expand_the_environment() {
     let up = Upstream::start().await;
     up.publish("/ws/prices/env", "v");
-    let routes = LATEST.replace(
+    let routes = latest().replace(
         "      path: \"/ws/prices/{topic}\"\n",
         "      path: \"/ws/prices/{topic}\"\n      headers: { Authorization: \"Bearer ${POLLGATE_TEST_TOKEN}\" }\n",
     );
@@ -799,7 +801,7 @@ async fn both_paths_answer_polls_alike_and_the_fast_path_shares_connections_with
         ))
     });
     up.publish("/ws/prices/btc", r#"{"p":1}"#);
-    let gw = Gateway::start(&config(&up, LATEST_LONG)).await;
+    let gw = Gateway::start(&config(&up, &latest_long())).await;
     let warm = get(&gw, "/api/prices/btc", &[]).await;
     assert_eq!(warm.status, 200, "{}", warm.head);
     let etag = warm.header("etag").unwrap();
@@ -882,7 +884,7 @@ async fn both_paths_answer_polls_alike_and_the_fast_path_shares_connections_with
 async fn cursor_polls_answer_alike_on_both_paths() {
     let up = Upstream::start().await;
     up.publish("/ws/news/n", "0");
-    let gw = Gateway::start(&config(&up, SINCE)).await;
+    let gw = Gateway::start(&config(&up, &since())).await;
     let first = get(&gw, "/api/news/n", &[]).await;
     assert_eq!(first.body, "[0]", "{}", first.head);
     for i in 1..=3 {
@@ -955,7 +957,7 @@ async fn a_fan_out_settles_and_then_serves_each_clients_next_step() {
     use tokio::io::AsyncWriteExt;
     let up = Upstream::start().await;
     up.publish("/ws/prices/f", "v1");
-    let gw = Gateway::start(&config(&up, LATEST_LONG)).await;
+    let gw = Gateway::start(&config(&up, &latest_long())).await;
     let held = r#"pollgate_long_polls_held{route="prices"}"#;
     let due = "pollgate_fanout_answers_due";
     let received = r#"pollgate_upstream_messages_total{route="prices"}"#;

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::routes::poll_route;
 use common::*;
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
@@ -25,17 +26,14 @@ routes:
 }
 
 fn latest_route(extra: &str) -> String {
-    format!(
-        r#"  - name: prices
-    path: "/api/prices/{{topic}}"
-    upstream: backend
-    access: public
-    subscribe:
-      path: "/ws/prices/{{topic}}"
-    mode: latest
+    poll_route(
+        "prices",
+        &format!(
+            r#"    mode: latest
     first_message_wait: 1s
     reconnect: {{ min: 50ms, max: 200ms }}
 {extra}"#
+        ),
     )
 }
 
@@ -207,14 +205,7 @@ async fn oversize_messages_are_dropped_and_counted() {
 #[tokio::test]
 async fn bad_input_table_gets_4xx_and_never_reaches_the_upstream() {
     let up = Upstream::start().await;
-    let since = r#"  - name: news
-    path: "/api/news/{topic}"
-    upstream: backend
-    access: public
-    subscribe:
-      path: "/ws/news/{topic}"
-    mode: since
-"#;
+    let since = poll_route("news", "    mode: since\n");
     let gw = Gateway::start(&config(
         &up.addr.to_string(),
         &format!("{}{since}", latest_route("")),

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::routes::poll_route;
 use common::*;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -219,17 +220,14 @@ fn shared_route(name: &str, reconnect: &str) -> String {
 }
 
 fn per_topic_route(name: &str, reconnect: &str) -> String {
-    format!(
-        r#"  - name: {name}
-    path: "/api/{name}/{{topic}}"
-    upstream: backend
-    access: public
-    subscribe:
-      path: "/ws/{name}/{{topic}}"
-    mode: latest
+    poll_route(
+        name,
+        &format!(
+            r#"    mode: latest
     first_message_wait: 100ms
     reconnect: {reconnect}
 "#
+        ),
     )
 }
 

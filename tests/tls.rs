@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::routes::{behind, LATEST_LONG, SINCE};
+use common::routes::{behind, latest_long, since};
 use common::tls::{peer_serial, request_on, TestCa};
 use common::*;
 use std::path::Path;
@@ -15,7 +15,7 @@ fn config(up: &Upstream, cert: &Path, key: &Path) -> String {
         cert.display(),
         key.display()
     );
-    behind(up.addr, &top, &[LATEST_LONG, SINCE])
+    behind(up.addr, &top, &[&latest_long(), &since()])
 }
 
 /// A gateway with an HTTPS listener whose certificate (serial 1) the returned CA signed.
