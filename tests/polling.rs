@@ -483,10 +483,21 @@ async fn shutdown_answers_every_held_poll() {
 /// thread's. Held polls there must be answered by a publish and by shutdown alike.
 #[tokio::test]
 async fn held_polls_are_answered_without_work_stealing() {
+    held_polls_are_answered_on("threads: 2\nwork_stealing: false\n").await;
+}
+
+/// The suite runs `threads: 1`, whose default is the single-threaded runtime; deployments with
+/// more threads run pingora's work-stealing one.
+#[tokio::test]
+async fn held_polls_are_answered_with_work_stealing() {
+    held_polls_are_answered_on("threads: 2\n").await;
+    held_polls_are_answered_on("threads: 1\nwork_stealing: true\n").await;
+}
+
+async fn held_polls_are_answered_on(runtime: &str) {
     let up = Upstream::start().await;
     up.publish("/ws/prices/w", "v1");
-    let cfg =
-        config(&up, &latest_long()).replace("threads: 1\n", "threads: 2\nwork_stealing: false\n");
+    let cfg = config(&up, &latest_long()).replace("threads: 1\n", runtime);
     let gw = Gateway::start(&cfg).await;
     let etag = get(&gw, "/api/prices/w", &[]).await.header("etag").unwrap();
     let held = "pollgate_long_polls_held{route=\"prices\"}";
@@ -499,8 +510,13 @@ async fn held_polls_are_answered_without_work_stealing() {
             .with_limit(Duration::from_secs(10))
             .answer(false)
             .await
-            .unwrap_or_else(|e| panic!("a held poll after the publish: {e}"));
-        assert_eq!((r.status, r.text().as_str()), (200, "v2"), "{}", r.head);
+            .unwrap_or_else(|e| panic!("{runtime:?}: a held poll after the publish: {e}"));
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "v2"),
+            "{runtime:?}: {}",
+            r.head
+        );
     }
 
     let etag = get(&gw, "/api/prices/w", &[]).await.header("etag").unwrap();

@@ -67,7 +67,8 @@ pub struct FileConfig {
     pub grace_period_seconds: Option<u64>,
     /// After the grace period, seconds allowed for the runtimes to stop (default 5).
     pub graceful_shutdown_timeout_seconds: Option<u64>,
-    /// Let idle worker threads take tasks from busy ones (default true).
+    /// Let idle worker threads take tasks from busy ones (default true with 2 threads or more,
+    /// false with 1).
     pub work_stealing: Option<bool>,
     /// Topics cached across all poll routes (default 10000).
     pub max_topics: Option<usize>,

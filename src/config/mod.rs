@@ -300,6 +300,17 @@ routes:
     }
 
     #[test]
+    fn work_stealing_defaults_to_whether_there_is_a_second_thread() {
+        let with = |threads: &str, key: &str| {
+            let y = BASE.replace("threads: 2\n", &format!("threads: {threads}\n{key}"));
+            Config::from_yaml(&y, &no_env).unwrap().server.work_stealing
+        };
+        assert!(with("2", ""));
+        assert!(!with("1", ""));
+        assert!(with("1", "work_stealing: true\n"));
+        assert!(!with("2", "work_stealing: false\n"));
+    }
+    #[test]
     fn listen_may_be_a_list() {
         let y = BASE.replace(
             "listen: \"127.0.0.1:8080\"",
