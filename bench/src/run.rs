@@ -75,6 +75,10 @@ pub struct RunArgs {
     /// Scenario 3: run only these placements (2: two unpinned cores, 1: one pinned core).
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=2))]
     cores: Vec<u32>,
+    /// A top-level config line added to every pollgate the run starts, such as
+    /// "work_stealing: true" (repeatable): one setting against the default, run after run.
+    #[arg(long = "pollgate-set", value_name = "KEY: VALUE")]
+    pollgate_set: Vec<String>,
 }
 
 /// A scenario: adds its section and targets to the report.
@@ -149,6 +153,7 @@ fn run(a: RunArgs, mode: Mode) -> Result<ExitCode, String> {
     let env = Env {
         exe,
         pollgate,
+        pollgate_set: a.pollgate_set.clone(),
         nginx,
         nchan_module,
         wrk,

@@ -9,6 +9,8 @@ pub(super) struct Env {
     /// This binary: bare pingora and the load clients are its subcommands.
     pub(super) exe: PathBuf,
     pub(super) pollgate: PathBuf,
+    /// Top-level config lines added to every pollgate config (`run --pollgate-set`).
+    pub(super) pollgate_set: Vec<String>,
     pub(super) nginx: Option<PathBuf>,
     pub(super) nchan_module: Option<PathBuf>,
     pub(super) wrk: Option<PathBuf>,
