@@ -69,6 +69,19 @@ pub(super) fn pollgate_cursor_config(backend: &str, long_poll: &str) -> String {
         .replace("@POLL_ROUTE@", &routes)
 }
 
+/// `config` with `settings` (`run --pollgate-set`) as top-level lines: appended at column 0, so
+/// each is a top-level key whatever block the config ends in, and a key the config already sets
+/// is a duplicate, which pollgate refuses at start rather than reading one of the two.
+pub(super) fn with_settings(config: &str, settings: &[String]) -> String {
+    let mut text = config.trim_end().to_string();
+    text.push('\n');
+    for line in settings {
+        text.push_str(line.trim());
+        text.push('\n');
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +100,18 @@ mod tests {
             !c.contains("@LONG_POLL@") && !c.contains("@POLL_ROUTE@"),
             "{c}"
         );
+    }
+
+    #[test]
+    fn settings_are_top_level_lines_after_the_routes() {
+        let c = pollgate_config("127.0.0.1:9", Some("60s"));
+        assert_eq!(with_settings(&c, &[]), format!("{}\n", c.trim_end()));
+        let set = [
+            "work_stealing: true".to_string(),
+            "  threads: 2 ".to_string(),
+        ];
+        let s = with_settings(&c, &set);
+        assert!(s.starts_with(c.trim_end()), "{s}");
+        assert!(s.ends_with("\nwork_stealing: true\nthreads: 2\n"), "{s}");
     }
 }

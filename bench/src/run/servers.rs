@@ -2,6 +2,7 @@
 //! waited for until it answers.
 
 use super::env::Env;
+use super::pollgate_config::with_settings;
 use crate::client;
 use crate::procs::{self, Procs};
 use std::path::Path;
@@ -70,12 +71,10 @@ impl Env {
         let admin = procs::free_addr()?;
         let name = self.name("pollgate");
         let path = self.dir.join(format!("{name}.yaml"));
-        let mut text = config.replace("@LISTEN@", &addr).replace("@ADMIN@", &admin);
-        // At the end, at column 0: a top-level key whatever block the config ends in; a key
-        // the config already has is a duplicate, which pollgate refuses at start.
-        for line in &self.pollgate_set {
-            text.push_str(&format!("\n{line}\n"));
-        }
+        let text = with_settings(
+            &config.replace("@LISTEN@", &addr).replace("@ADMIN@", &admin),
+            &self.pollgate_set,
+        );
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut cmd = procs::command(&self.pollgate, cpu);
         cmd.arg("-c").arg(&path).env("RUST_LOG", "warn");
