@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
+/// The prices route's held-poll gauge.
+const HELD: &str = r#"pollgate_long_polls_held{route="prices"}"#;
+
 fn config(up: &Upstream, routes: &str) -> String {
     behind(up.addr, "", &[routes])
 }
@@ -192,8 +195,7 @@ async fn a_held_long_poll_returns_with_the_next_message() {
             .unwrap();
         (Instant::now(), raw)
     });
-    gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 1.0)
-        .await;
+    gw.wait_metric(HELD, |v| v == 1.0).await;
     let published = Instant::now();
     up.publish("/ws/prices/btc", "v2");
     let (answered, raw) = held.await.unwrap();
@@ -207,8 +209,7 @@ async fn a_held_long_poll_returns_with_the_next_message() {
         "{:?}",
         answered - published
     );
-    gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 0.0)
-        .await;
+    gw.wait_metric(HELD, |v| v == 0.0).await;
     let m = gw.metrics().await;
     assert_eq!(
         metric_value(
@@ -433,18 +434,22 @@ async fn cold_topics_fall_back_to_the_backend_over_http() {
     );
 }
 
+/// Opens `n` polls on `path` carrying `etag` and returns once the gateway counts them held.
+async fn hold_polls(gw: &Gateway, path: &str, etag: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    let socks = open_held_polls(gw.addr, path, etag, n).await;
+    gw.wait_metric(HELD, |v| v == n as f64).await;
+    socks
+}
+
 #[tokio::test]
 async fn hung_up_pollers_are_released_at_once() {
     let up = Upstream::start().await;
     up.publish("/ws/prices/h", "v");
     let gw = Gateway::start(&config(&up, &latest_long())).await;
     let etag = get(&gw, "/api/prices/h", &[]).await.header("etag").unwrap();
-    let socks = open_held_polls(gw.addr, "/api/prices/h", &etag, 20).await;
-    gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 20.0)
-        .await;
+    let socks = hold_polls(&gw, "/api/prices/h", &etag, 20).await;
     drop(socks);
-    gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 0.0)
-        .await;
+    gw.wait_metric(HELD, |v| v == 0.0).await;
 }
 
 /// SIGTERM with polls held on `socks`: each is answered (304, nothing new) before the process
@@ -472,9 +477,7 @@ async fn shutdown_answers_every_held_poll() {
     up.publish("/ws/prices/s", "v");
     let gw = Gateway::start(&config(&up, &latest_long())).await;
     let etag = get(&gw, "/api/prices/s", &[]).await.header("etag").unwrap();
-    let socks = open_held_polls(gw.addr, "/api/prices/s", &etag, 5).await;
-    gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 5.0)
-        .await;
+    let socks = hold_polls(&gw, "/api/prices/s", &etag, 5).await;
     terminate_answering(gw, socks).await;
 }
 
@@ -500,10 +503,8 @@ async fn held_polls_are_answered_on(runtime: &str) {
     let cfg = config(&up, &latest_long()).replace("threads: 1\n", runtime);
     let gw = Gateway::start(&cfg).await;
     let etag = get(&gw, "/api/prices/w", &[]).await.header("etag").unwrap();
-    let held = "pollgate_long_polls_held{route=\"prices\"}";
 
-    let socks = open_held_polls(gw.addr, "/api/prices/w", &etag, 8).await;
-    gw.wait_metric(held, |v| v == 8.0).await;
+    let socks = hold_polls(&gw, "/api/prices/w", &etag, 8).await;
     up.publish("/ws/prices/w", "v2");
     for mut s in socks {
         let r = Reader::new(&mut s)
@@ -520,8 +521,7 @@ async fn held_polls_are_answered_on(runtime: &str) {
     }
 
     let etag = get(&gw, "/api/prices/w", &[]).await.header("etag").unwrap();
-    let socks = open_held_polls(gw.addr, "/api/prices/w", &etag, 8).await;
-    gw.wait_metric(held, |v| v == 8.0).await;
+    let socks = hold_polls(&gw, "/api/prices/w", &etag, 8).await;
     terminate_answering(gw, socks).await;
 }
 
@@ -544,9 +544,7 @@ async fn limits_refuse_with_503_and_retry_after() {
     assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after").as_deref(), Some("1"));
     let etag = get(&gw, "/api/prices/a", &[]).await.header("etag").unwrap();
-    let _held = open_held_polls(gw.addr, "/api/prices/a", &etag, 1).await;
-    gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 1.0)
-        .await;
+    let _held = hold_polls(&gw, "/api/prices/a", &etag, 1).await;
     let r = get(&gw, "/api/prices/a", &[("If-None-Match", &etag)]).await;
     assert_eq!(r.status, 503);
     let m = gw.metrics().await;
@@ -879,12 +877,10 @@ async fn both_paths_answer_polls_alike_and_the_fast_path_shares_connections_with
     // A held poll on each path is answered by the same publish.
     let inm = format!("If-None-Match: {etag}\r\n");
     let fast = hold(&gw, "/api/prices/btc", &inm);
-    gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 1.0)
-        .await;
+    gw.wait_metric(HELD, |v| v == 1.0).await;
     gw.set_fast_paths(false).await;
     let full = hold(&gw, "/api/prices/btc", &inm);
-    gw.wait_metric(r#"pollgate_long_polls_held{route="prices"}"#, |v| v == 2.0)
-        .await;
+    gw.wait_metric(HELD, |v| v == 2.0).await;
     up.publish("/ws/prices/btc", r#"{"p":2}"#);
     let mut heads = Vec::new();
     for h in [fast, full] {
@@ -974,18 +970,16 @@ async fn a_fan_out_settles_and_then_serves_each_clients_next_step() {
     let up = Upstream::start().await;
     up.publish("/ws/prices/f", "v1");
     let gw = Gateway::start(&config(&up, &latest_long())).await;
-    let held = r#"pollgate_long_polls_held{route="prices"}"#;
     let due = "pollgate_fanout_answers_due";
     let received = r#"pollgate_upstream_messages_total{route="prices"}"#;
     let etag = get(&gw, "/api/prices/f", &[]).await.header("etag").unwrap();
-    let mut socks = open_held_polls(gw.addr, "/api/prices/f", &etag, 30).await;
-    gw.wait_metric(held, |v| v == 30.0).await;
+    let mut socks = hold_polls(&gw, "/api/prices/f", &etag, 30).await;
 
     let before = gw.metric(received).await;
     up.publish("/ws/prices/f", "v1");
     gw.wait_metric(received, |v| v > before).await;
     gw.wait_metric(due, |v| v == 0.0).await;
-    assert_eq!(gw.metric(held).await, 30.0, "{}", gw.log());
+    assert_eq!(gw.metric(HELD).await, 30.0, "{}", gw.log());
 
     up.publish("/ws/prices/f", "v2");
     let mut next_etag = String::new();
@@ -1017,7 +1011,7 @@ async fn a_fan_out_settles_and_then_serves_each_clients_next_step() {
     for s in &mut socks[10..20] {
         s.write_all(again.as_bytes()).await.unwrap();
     }
-    gw.wait_metric(held, |v| v == 10.0).await;
+    gw.wait_metric(HELD, |v| v == 10.0).await;
     up.publish("/ws/prices/f", "v3");
     for s in &mut socks[10..20] {
         let mut r = Reader::new(&mut *s).with_limit(Duration::from_secs(10));
@@ -1030,5 +1024,5 @@ async fn a_fan_out_settles_and_then_serves_each_clients_next_step() {
         );
     }
     gw.wait_metric(due, |v| v == 0.0).await;
-    gw.wait_metric(held, |v| v == 0.0).await;
+    gw.wait_metric(HELD, |v| v == 0.0).await;
 }
