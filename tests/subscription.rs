@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::routes::poll_route;
+use common::routes::{poll_route, poll_route_fed_by};
 use common::*;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -203,19 +203,17 @@ fn fault_steps(kind: &str) -> Vec<Step> {
 }
 
 fn shared_route(name: &str, reconnect: &str) -> String {
-    format!(
-        r#"  - name: {name}
-    path: "/api/{name}/{{topic}}"
-    upstream: backend
-    access: public
-    subscribe:
-      path: "/ws/{name}"
-      send: '{{"op":"subscribe","topic":"{{topic}}"}}'
+    poll_route_fed_by(
+        name,
+        &format!("/ws/{name}"),
+        &format!(
+            r#"      send: '{{"op":"subscribe","topic":"{{topic}}"}}'
       topic_pointer: "/topic"
     mode: latest
     first_message_wait: 100ms
     reconnect: {reconnect}
 "#
+        ),
     )
 }
 

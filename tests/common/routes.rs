@@ -1,7 +1,7 @@
 //! The config the polling, EventSource, TLS and HTTP/2 suites start pollgate with, the route
 //! blocks they share (YAML list items under `routes:`), and the one way a suite writes a poll
-//! route on the test upstream (`poll_route`, also used by the resilience and subscription
-//! suites).
+//! route on the test upstream (`poll_route`, or `poll_route_fed_by` for another subscription
+//! path; also used by the resilience and subscription suites).
 
 use super::HEAD;
 use std::fmt::Display;
@@ -9,13 +9,19 @@ use std::fmt::Display;
 /// A poll route named `name` on the test upstream: `/api/{name}/{topic}`, fed by the upstream's
 /// `/ws/{name}/{topic}`, then the route's own `keys` (YAML lines indented as route keys).
 pub fn poll_route(name: &str, keys: &str) -> String {
+    poll_route_fed_by(name, &format!("/ws/{name}/{{topic}}"), keys)
+}
+
+/// [`poll_route`] subscribed at `ws_path`; `keys` follow the subscription's `path`, so they may
+/// begin with more `subscribe:` keys (indented six spaces) before the route's own.
+pub fn poll_route_fed_by(name: &str, ws_path: &str, keys: &str) -> String {
     format!(
         r#"  - name: {name}
     path: "/api/{name}/{{topic}}"
     upstream: backend
     access: public
     subscribe:
-      path: "/ws/{name}/{{topic}}"
+      path: "{ws_path}"
 {keys}"#
     )
 }
