@@ -153,6 +153,12 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// A task that waits on `d` for the answers due at `t`.
+    fn wait_after(d: &Arc<AnswersDue>, t: Ticket) -> tokio::task::JoinHandle<()> {
+        let d = d.clone();
+        tokio::spawn(async move { d.after(t).await })
+    }
+
     /// Lets spawned tasks run until they park.
     async fn run_others() {
         for _ in 0..10 {
@@ -175,10 +181,7 @@ mod tests {
         let d = Arc::new(AnswersDue::default());
         d.add(2);
         let t = d.ticket().expect("two answers are due");
-        let waiter = tokio::spawn({
-            let d = d.clone();
-            async move { d.after(t).await }
-        });
+        let waiter = wait_after(&d, t);
         // A later publish: the waiter does not wait for its answers.
         d.add(3);
         d.done();
@@ -226,15 +229,9 @@ mod tests {
         let d = Arc::new(AnswersDue::default());
         d.add(1);
         let t = d.ticket().expect("an answer is due");
-        let first = tokio::spawn({
-            let d = d.clone();
-            async move { d.after(t).await }
-        });
+        let first = wait_after(&d, t);
         run_others().await;
-        let second = tokio::spawn({
-            let d = d.clone();
-            async move { d.after(t).await }
-        });
+        let second = wait_after(&d, t);
         run_others().await;
         assert!(!second.is_finished(), "released with its ticket still due");
         first.abort();
