@@ -21,6 +21,7 @@
 //! per answer and twice per waiting connection.
 
 use parking_lot::Mutex;
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,8 +99,10 @@ impl AnswersDue {
             if l.completed >= ticket.0 {
                 return;
             }
-            let first = !l.waiting.contains_key(&ticket.0);
-            (l.waiting.entry(ticket.0).or_default().clone(), first)
+            match l.waiting.entry(ticket.0) {
+                Entry::Occupied(e) => (e.get().clone(), false),
+                Entry::Vacant(e) => (e.insert(Arc::default()).clone(), true),
+            }
         };
         let wait = signal.notified_owned();
         let mut wait = std::pin::pin!(wait);

@@ -310,6 +310,7 @@ routes:
         assert!(with("1", "work_stealing: true\n"));
         assert!(!with("2", "work_stealing: false\n"));
     }
+
     #[test]
     fn listen_may_be_a_list() {
         let y = BASE.replace(
