@@ -229,6 +229,10 @@ impl Record {
 
     fn report(&self, cfg: Option<&Shadow>) -> Option<Value> {
         let c = &self.counts;
+        // Read first: a comparison that had finished by then has its count and its record in
+        // this report. Read last, a comparison finishing while the report was built showed
+        // `in_flight: 0` beside a list read before its record.
+        let in_flight = c.in_flight.load(Ordering::Acquire);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let total = load(&c.matched) + load(&c.mismatched) + load(&c.errors) + load(&c.skipped);
         if cfg.is_none() && total == 0 {
@@ -272,7 +276,7 @@ impl Record {
             "mismatch": load(&c.mismatched),
             "error": load(&c.errors),
             "skipped": load(&c.skipped),
-            "in_flight": load(&c.in_flight),
+            "in_flight": in_flight,
             "mismatches": mismatches,
             "last_error": last_error,
         }))
@@ -351,7 +355,8 @@ struct Job {
 
 impl Drop for Job {
     fn drop(&mut self) {
-        self.log.counts.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Release: a report that reads this decrement sees the job's counts and record.
+        self.log.counts.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
 
