@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// client-behaviour run).
     #[arg(long)]
     longpoll_clients: Option<usize>,
+    /// Override scenario 3's interleaved rounds (each target is the median of the rounds'
+    /// p99 ratios).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
+    longpoll_rounds: Option<u32>,
     /// Scenario 3: run only these client behaviours (keep_open, depart, repoll, cursor;
     /// comma-separated), without the 10,000-poll fan-out: a side-by-side experiment on one
     /// behaviour, pollgate and Nchan in the same rounds.
@@ -137,6 +141,9 @@ fn run(a: RunArgs, mode: Mode) -> Result<ExitCode, String> {
     if let Some(c) = a.longpoll_clients {
         plan.lp_clients = c;
         plan.lp_behaviour_clients = c;
+    }
+    if let Some(r) = a.longpoll_rounds {
+        plan.lp_rounds = r as usize;
     }
     if !a.behaviours.is_empty() {
         plan.lp_fan_out = false;

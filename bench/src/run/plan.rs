@@ -23,7 +23,9 @@ pub(super) struct Plan {
     pub(super) lp_messages: u32,
     pub(super) lp_interval_ms: u64,
     /// Interleaved rounds of each behaviour run (pollgate, Nchan, pollgate, ...): its target
-    /// takes the median of the rounds' p99 ratios, as one run on shared cores swings by 20 %.
+    /// takes the median of the rounds' p99 ratios, as one run on shared cores swings by 20 % and
+    /// more (five rounds in a full run: four hand-run pairs of departing clients on one core,
+    /// the same code, gave 0.77 to 1.27).
     pub(super) lp_rounds: usize,
     /// Scenario 3's parts: the big fan-out, the behaviours by `Behaviour::key` (all of them
     /// unless `run --behaviours` names some), the placements in cores (2, then 1).
@@ -54,7 +56,7 @@ impl Plan {
                 lp_behaviour_clients: 5_000,
                 lp_messages: 8,
                 lp_interval_ms: 400,
-                lp_rounds: 3,
+                lp_rounds: 5,
                 lp_fan_out: true,
                 lp_behaviours: Vec::new(),
                 lp_cores: vec![2, 1],
