@@ -221,6 +221,33 @@ async fn a_held_long_poll_returns_with_the_next_message() {
     assert!(metric_value(&m, r#"pollgate_delivery_lag_seconds_count{route="prices"}"#) >= 1.0);
 }
 
+/// A publish that is not news to a held poll (the same payload again, so the same ETag) wakes
+/// it, and it waits on: it is answered by the next new message, not with the one it has.
+#[tokio::test]
+async fn a_publish_that_is_not_news_keeps_the_poll_held() {
+    let up = Upstream::start().await;
+    up.publish("/ws/prices/btc", "v1");
+    let gw = Gateway::start(&config(&up, &latest_long())).await;
+    let r = get(&gw, "/api/prices/btc", &[]).await;
+    let inm = format!("If-None-Match: {}\r\n", r.header("etag").unwrap());
+    let held = hold(&gw, "/api/prices/btc", &inm);
+    gw.wait_metric(HELD, |v| v == 1.0).await;
+    let messages = r#"pollgate_upstream_messages_total{route="prices"}"#;
+    let before = metric_value(&gw.metrics().await, messages);
+    up.publish("/ws/prices/btc", "v1");
+    gw.wait_metric(messages, |v| v > before).await;
+    // The publish made the poll an answer due; once it has looked, it found nothing new.
+    gw.wait_metric("pollgate_fanout_answers_due", |v| v == 0.0)
+        .await;
+    assert_eq!(metric_value(&gw.metrics().await, HELD), 1.0);
+    assert!(!held.is_finished());
+    up.publish("/ws/prices/btc", "v2");
+    let raw = held.await.unwrap();
+    let (head, body) = split_response(&raw);
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(body, "v2", "{head}");
+}
+
 #[tokio::test]
 async fn prefer_wait_holds_a_poll_and_times_out_with_304() {
     let up = Upstream::start().await;
@@ -685,6 +712,44 @@ async fn interrupted_subscriptions_reconnect_and_flag_the_gap() {
         }
         assert!(Instant::now() < deadline, "{} {}", r.head, r.body);
     }
+}
+
+/// A held cursor poll woken with nothing after its cursor (its subscription dropped, then came
+/// back) waits on, and the next message answers it.
+#[tokio::test]
+async fn a_held_cursor_poll_waits_on_through_a_reconnect() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&config(&up, &since())).await;
+    // Not retained: the new socket after the reconnect sends nothing until "2".
+    let first = hold(&gw, "/api/news/w", "");
+    up.wait_for("the subscription", |u| u.ws_open("/ws/news/w") == 1)
+        .await;
+    up.publish_live("/ws/news/w", "1");
+    let r = first.await.unwrap();
+    let (head, body) = split_response(&r);
+    assert_eq!(body, "[1]", "{head}");
+    let cursor = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Pollgate-Cursor: "))
+        .unwrap()
+        .to_string();
+    let held = hold(&gw, &format!("/api/news/w?since={cursor}"), "");
+    let news_held = r#"pollgate_long_polls_held{route="news"}"#;
+    gw.wait_metric(news_held, |v| v == 1.0).await;
+    up.drop_websockets();
+    gw.wait_metric(r#"pollgate_upstream_reconnects_total{route="news"}"#, |v| {
+        v >= 1.0
+    })
+    .await;
+    up.wait_for("the new socket", |u| u.ws_open("/ws/news/w") == 1)
+        .await;
+    assert_eq!(metric_value(&gw.metrics().await, news_held), 1.0);
+    assert!(!held.is_finished());
+    up.publish_live("/ws/news/w", "2");
+    let raw = held.await.unwrap();
+    let (head, body) = split_response(&raw);
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(body, "[2]", "{head}");
 }
 
 #[tokio::test]

@@ -382,6 +382,18 @@ async fn latest<G: Future>(
                 let mut shutdown = h.hub.cache.store.shutdown_signal();
                 let mut again = false;
                 let woke = loop {
+                    if again {
+                        // Woken by a publish, which is news to nearly every waiter: read it
+                        // before subscribing again, so an answered poll neither joins the
+                        // waiters' list nor leaves it (two turns of the lock the publish holds
+                        // while it wakes the rest of the fan-out).
+                        if let Some(n) = h.topic.latest() {
+                            msg = n;
+                        }
+                        if !etag_matches(inm, &msg.etag) {
+                            break Woke::Changed;
+                        }
+                    }
                     // Subscribe before reading the cache, so a publish in between is not missed.
                     let changed = h.topic.held_changed();
                     let mut changed = std::pin::pin!(changed);
@@ -454,9 +466,13 @@ async fn since<G: Future>(mut h: Hold<'_, '_, G>, ask: &Ask, stale: bool) -> Opt
         loop {
             match wait_change(changed.as_mut(), deadline, &mut shutdown, h.gone.as_mut()).await {
                 Woke::Changed => {
-                    changed.set(h.topic.held_changed());
-                    changed.as_mut().enable();
+                    // Read before subscribing again, as in `latest`: an answered poll need not.
                     got = h.topic.since(ask.cursor.as_ref());
+                    if got.messages.is_empty() {
+                        changed.set(h.topic.held_changed());
+                        changed.as_mut().enable();
+                        got = h.topic.since(ask.cursor.as_ref());
+                    }
                     if !got.messages.is_empty() {
                         drop(slot);
                         fanout = h.hub.cache.store.answers_due().ticket();
