@@ -239,13 +239,25 @@ async fn a_publish_that_is_not_news_keeps_the_poll_held() {
     // The publish made the poll an answer due; once it has looked, it found nothing new.
     gw.wait_metric("pollgate_fanout_answers_due", |v| v == 0.0)
         .await;
-    assert_eq!(metric_value(&gw.metrics().await, HELD), 1.0);
+    answered_only_after(&gw, held, HELD, || up.publish("/ws/prices/btc", "v2"), "v2").await;
+}
+
+/// Asserts that `held` is still held (its route's gauge `gauge` at 1), then runs `publish` and
+/// asserts that the poll is answered `200` with `body`.
+async fn answered_only_after(
+    gw: &Gateway,
+    held: tokio::task::JoinHandle<Vec<u8>>,
+    gauge: &str,
+    publish: impl FnOnce(),
+    body: &str,
+) {
+    assert_eq!(metric_value(&gw.metrics().await, gauge), 1.0);
     assert!(!held.is_finished());
-    up.publish("/ws/prices/btc", "v2");
+    publish();
     let raw = held.await.unwrap();
-    let (head, body) = split_response(&raw);
+    let (head, got) = split_response(&raw);
     assert_eq!(status_of(&head), 200, "{head}");
-    assert_eq!(body, "v2", "{head}");
+    assert_eq!(got, body, "{head}");
 }
 
 #[tokio::test]
@@ -743,13 +755,8 @@ async fn a_held_cursor_poll_waits_on_through_a_reconnect() {
     .await;
     up.wait_for("the new socket", |u| u.ws_open("/ws/news/w") == 1)
         .await;
-    assert_eq!(metric_value(&gw.metrics().await, news_held), 1.0);
-    assert!(!held.is_finished());
-    up.publish_live("/ws/news/w", "2");
-    let raw = held.await.unwrap();
-    let (head, body) = split_response(&raw);
-    assert_eq!(status_of(&head), 200, "{head}");
-    assert_eq!(body, "[2]", "{head}");
+    let publish = || up.publish_live("/ws/news/w", "2");
+    answered_only_after(&gw, held, news_held, publish, "[2]").await;
 }
 
 #[tokio::test]
