@@ -67,8 +67,8 @@ pub struct RunArgs {
     /// client-behaviour run).
     #[arg(long)]
     longpoll_clients: Option<usize>,
-    /// Override scenario 3's interleaved rounds (each target is the median of the rounds'
-    /// p99 ratios).
+    /// Override the interleaved rounds of the long-poll fan-outs (scenario 3, 7b and 7c; each
+    /// target is the median of the rounds' p99 ratios).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
     longpoll_rounds: Option<u32>,
     /// Scenario 3: run only these client behaviours (keep_open, depart, repoll, cursor;

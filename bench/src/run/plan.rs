@@ -24,8 +24,8 @@ pub(super) struct Plan {
     pub(super) lp_interval_ms: u64,
     /// Interleaved rounds of each behaviour run (pollgate, Nchan, pollgate, ...): its target
     /// takes the median of the rounds' p99 ratios, as one run on shared cores swings by 20 % and
-    /// more (five rounds in a full run: four hand-run pairs of departing clients on one core,
-    /// the same code, gave 0.77 to 1.27).
+    /// more (four hand-run pairs of the same departing-client run on one core gave 0.77 to
+    /// 1.27), so the full mode runs five. Scenario 7's fan-outs (7b, 7c) use it too.
     pub(super) lp_rounds: usize,
     /// Scenario 3's parts: the big fan-out, the behaviours by `Behaviour::key` (all of them
     /// unless `run --behaviours` names some), the placements in cores (2, then 1).

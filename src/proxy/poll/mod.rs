@@ -385,8 +385,8 @@ async fn latest<G: Future>(
                     if again {
                         // Woken by a publish, which is news to nearly every waiter: read it
                         // before subscribing again, so an answered poll neither joins the
-                        // waiters' list nor leaves it (two turns of the lock the publish holds
-                        // while it wakes the rest of the fan-out).
+                        // waiters' list nor leaves it (two turns per answer of the lock a
+                        // publish takes to wake a fan-out).
                         if let Some(n) = h.topic.latest() {
                             msg = n;
                         }
