@@ -381,27 +381,26 @@ async fn latest<G: Future>(
                 let deadline = tokio::time::Instant::now() + h.wait;
                 let mut shutdown = h.hub.cache.store.shutdown_signal();
                 let mut again = false;
+                // Reads the newest message into `msg`: whether it is news to this client.
+                let news = |msg: &mut Arc<Message>| {
+                    if let Some(n) = h.topic.latest() {
+                        *msg = n;
+                    }
+                    !etag_matches(inm, &msg.etag)
+                };
                 let woke = loop {
-                    if again {
-                        // Woken by a publish, which is news to nearly every waiter: read it
-                        // before subscribing again, so an answered poll neither joins the
-                        // waiters' list nor leaves it (two turns per answer of the lock a
-                        // publish takes to wake a fan-out).
-                        if let Some(n) = h.topic.latest() {
-                            msg = n;
-                        }
-                        if !etag_matches(inm, &msg.etag) {
-                            break Woke::Changed;
-                        }
+                    // Woken by a publish, which is news to nearly every waiter: read it before
+                    // subscribing again, so an answered poll neither joins the waiters' list
+                    // nor leaves it (two turns per answer of the lock a publish takes to wake
+                    // a fan-out).
+                    if again && news(&mut msg) {
+                        break Woke::Changed;
                     }
                     // Subscribe before reading the cache, so a publish in between is not missed.
                     let changed = h.topic.held_changed();
                     let mut changed = std::pin::pin!(changed);
                     changed.as_mut().enable();
-                    if let Some(n) = h.topic.latest() {
-                        msg = n;
-                    }
-                    if !etag_matches(inm, &msg.etag) {
+                    if news(&mut msg) {
                         break Woke::Changed;
                     }
                     if again {
