@@ -22,7 +22,8 @@
 //! - [`topic`]: topic names (dot segments refused) and the one encoder for upstream paths.
 //! - [`cache`]: per route, a map of topics; each topic a ring of messages with a change signal;
 //!   the ledger of answers a publish made due (`due.rs`), so a fan-out's answers go out before
-//!   the next steps (hang-ups, re-polls) of the clients answered first.
+//!   the next steps (hang-ups, re-polls) of the clients answered first; the held polls parked
+//!   on a topic (`parked.rs`), whose answers a publish writes in one pass (`fanout_pass`).
 //! - [`subscription`]: a [`subscription::Hub`] per poll route owns its cache and the upstream
 //!   WebSocket clients that feed it (one socket per topic or one shared socket), reconnecting
 //!   with jittered backoff.
@@ -46,8 +47,8 @@
 //!   │ WebSocket handshake ──► forward ──► 101 ──► tunnel (both sockets relayed) ◄──► backend
 //!   └ body (or fast_paths: false) ──► pingora ──► Gateway
 //!         (the same dispatch, poll core and header rules) ──► backend / pingora's tunnel
-//! backend WebSocket ──► subscription ──► Hub::ingest ──► Topic::publish ──► wakes held polls
-//!                                                                          and streams
+//! backend WebSocket ──► subscription ──► Hub::ingest ──► Topic::publish ──► writes parked polls'
+//!                                        answers (poll::park), then wakes held polls and streams
 //! ```
 
 #![forbid(unsafe_code)]

@@ -165,3 +165,22 @@ mod heads_tests {
         );
     }
 }
+
+#[cfg(test)]
+impl Message {
+    /// A message with only what the cache's own tests read: its seq as cursor and payload.
+    pub(crate) fn for_test(seq: u64, gap: bool) -> Message {
+        Message {
+            seq,
+            cursor: seq.to_string(),
+            payload: Bytes::from(seq.to_string()),
+            etag: String::new(),
+            json: Bytes::new(),
+            received: std::time::Instant::now(),
+            date: http::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
+            gap_before: gap,
+            heads: None,
+            sse: Default::default(),
+        }
+    }
+}

@@ -3,12 +3,14 @@
 
 mod due;
 mod message;
+mod parked;
 mod topic;
 
 pub use due::{AnswersDue, Ticket, SETTLE_LIMIT};
 pub use message::{
     etag_for, json_fragment, latest_heads, pointer_cursor, HeadTemplate, Heads, Message,
 };
+pub use parked::{ParkId, Parked, Stays};
 pub use topic::{After, CursorArg, Resume, Since, SubState, Topic};
 
 use crate::config::PollRoute;

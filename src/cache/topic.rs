@@ -17,6 +17,7 @@
 
 use super::due::AnswersDue;
 use super::message::Message;
+use super::parked::{ParkId, Parked, ParkedList};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +60,8 @@ pub struct Topic {
     changed: watch::Sender<u64>,
     /// Held polls' signal: FIFO (see the module docs).
     held_changed: Notify,
+    /// Held polls whose answers a publish writes itself (`parked.rs`), before it wakes them.
+    parked: ParkedList,
     /// Where a publish records the held polls it wakes.
     due: Arc<AnswersDue>,
     /// Milliseconds since the store's epoch of the last poll: read by the idle sweeper.
@@ -103,6 +106,7 @@ impl Topic {
             }),
             changed,
             held_changed: Notify::new(),
+            parked: ParkedList::default(),
             due,
             last_poll_ms: AtomicU64::new(now_ms),
             saved: AtomicU64::new(0),
@@ -124,6 +128,17 @@ impl Topic {
     /// were enabled.
     pub fn held_changed(&self) -> Notified<'_> {
         self.held_changed.notified()
+    }
+
+    /// Lends a held poll's connection to this topic: the next publish that is news to it
+    /// writes its answer (see `parked.rs`). The poll must also wait on [`Self::held_changed`],
+    /// enabled before, which the publish wakes once the pass is over.
+    pub fn park(&self, p: Arc<dyn Parked>) -> ParkId {
+        self.parked.park(p)
+    }
+
+    pub fn unpark(&self, id: ParkId) {
+        self.parked.leave(id);
     }
 
     pub fn state(&self) -> SubState {
@@ -195,6 +210,9 @@ impl Topic {
         }
         // Recorded before the waiters wake, so none can leave the ledger before it is counted.
         self.due.add(woken);
+        // Every parked answer is written before any task wakes: the clients answered first
+        // act only on CPU time the pass does not need.
+        self.parked.answer_all(&msg);
         self.changed.send_replace(seq);
         self.held_changed.notify_waiters();
         msg
@@ -359,21 +377,9 @@ pub enum CursorArg {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn msg(seq: u64, gap: bool) -> Message {
-        Message {
-            seq,
-            cursor: seq.to_string(),
-            payload: Bytes::from(seq.to_string()),
-            etag: String::new(),
-            json: Bytes::new(),
-            received: Instant::now(),
-            date: http::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
-            gap_before: gap,
-            heads: None,
-            sse: Default::default(),
-        }
+        Message::for_test(seq, gap)
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub struct FileConfig {
     /// connection loop (default true); false sends every request through pingora's proxy
     /// (slower; for diagnosis).
     pub fast_paths: Option<bool>,
+    /// A publish writes the answers of the held polls it answers itself, in one pass, before
+    /// their tasks wake (default: true with one thread, false with more).
+    pub fanout_pass: Option<bool>,
     /// Open client connections, idle keep-alive ones included (default 50000).
     pub max_connections: Option<usize>,
     /// WebSocket tunnels passed through at once (default 10000).

@@ -60,6 +60,9 @@ pub struct Config {
     /// pollgate's connection loop answers polls and forwards bodiless requests itself; `false`
     /// hands every request to pingora's proxy (slower; for diagnosis and differential tests).
     pub fast_paths: bool,
+    /// A publish writes the answers of the held polls parked on its topic, in one pass, before
+    /// it wakes their tasks (`proxy/poll/park.rs`).
+    pub fanout_pass: bool,
     pub limits: Limits,
     pub upstreams: Vec<Arc<Upstream>>,
     pub routes: Vec<Route>,

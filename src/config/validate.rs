@@ -176,6 +176,10 @@ pub fn validate(
         max_sse_streams,
         access_log: file.access_log.unwrap_or(true),
         fast_paths: file.fast_paths.unwrap_or(true),
+        // With one thread the tasks would write the answers one after another anyway, and the
+        // pass spares each its wake-up first; with more, the tasks write on every worker at
+        // once, which one pass cannot (benchmarks.md, 3b).
+        fanout_pass: file.fanout_pass.unwrap_or(threads == 1),
         limits: Limits {
             max_connections: file.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             max_websockets: file.max_websockets.unwrap_or(DEFAULT_MAX_WEBSOCKETS),

@@ -7,6 +7,7 @@ use crate::cache::{HeadTemplate, Message, Ticket};
 use bytes::Bytes;
 use http::HeaderValue;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Header names as they go on the wire, on every path.
 pub mod name {
@@ -45,6 +46,21 @@ pub struct Answer {
     /// A held poll's answer to a publish: its connection reads the next request only after
     /// the other answers due with it have gone out (see `cache/due.rs`).
     pub fanout: Option<Ticket>,
+    /// Written already by the publish that answered this held poll (`poll/park.rs`).
+    pub written: Option<Box<Written>>,
+}
+
+/// What a publish wrote for a parked held poll, and what its client did next.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The answer's bytes the socket did not take at once (nearly always none).
+    pub rest: Vec<u8>,
+    /// When the publish wrote it.
+    pub at: Instant,
+    /// What the client sent after it (its next request), read while the poll was parked.
+    pub early: Vec<u8>,
+    /// The client closed its side after the answer.
+    pub eof: bool,
 }
 
 /// Which of a cached message's templates an answer starts with.
@@ -66,6 +82,7 @@ impl Answer {
             body: Bytes::new(),
             close: false,
             fanout: None,
+            written: None,
         }
     }
 
@@ -89,6 +106,7 @@ impl Answer {
             body,
             close: false,
             fanout: None,
+            written: None,
         }
     }
 

@@ -18,7 +18,7 @@ use super::forward::{self, Client};
 use super::gateway::Gateway;
 use super::log::{finish, Finished, Kind};
 use super::passthrough::Passthrough;
-use super::poll::{self, EventStream, Outcome, PollRequest, Step, WRITE_LIMIT};
+use super::poll::{self, client_read, EventStream, Outcome, PollRequest, Step, WRITE_LIMIT};
 use super::request::{self, Parsed, RequestHead};
 use super::router::{Dispatch, RouteEntry};
 use super::state::GatewayState;
@@ -273,7 +273,12 @@ impl ConnectionApp {
                     shadow: &entry.shadow,
                     client: &self.state.client,
                 };
-                let (a, kind) = match poll::serve(parts, &req, client_read(c.io)).await {
+                let client = poll::Client::<std::future::Pending<()>>::Socket(poll::Socket {
+                    io: c.io,
+                    keep_alive,
+                    lendable: !c.https && self.state.fanout_pass(),
+                });
+                let (mut a, kind) = match poll::serve(parts, &req, client).await {
                     Outcome::Answer(a) => (a, Kind::Poll),
                     Outcome::Relayed(a) => (a, Kind::Fallback),
                     Outcome::Gone => {
@@ -288,9 +293,19 @@ impl ConnectionApp {
                         return Box::pin(self.stream(c, head, entry, events, start)).await;
                     }
                 };
-                let ok = wire::send_answer(c.io, c.out, &a, head.is_head(), keep_alive)
-                    .await
-                    .is_ok();
+                let (ok, start) = match a.written.take() {
+                    // A publish wrote it (`poll/park.rs`): the rest, if any; what the client
+                    // sent since is its next request; logged with the time it was written.
+                    Some(w) => {
+                        let ok = wire::send_rest(c.io, &w.rest).await.is_ok() && !w.eof;
+                        c.pipelined.extend_from_slice(&w.early);
+                        (ok, start + w.at.elapsed())
+                    }
+                    None => {
+                        let sent = wire::send_answer(c.io, c.out, &a, head.is_head(), keep_alive);
+                        (sent.await.is_ok(), start)
+                    }
+                };
                 self.finish(c, head, entry, kind, a.status, start, "");
                 let (close, fanout) = (a.close, a.fanout);
                 // Freed now, not after the wait below: in a fan-out every answer would
@@ -733,11 +748,4 @@ fn consume(buf: &mut BytesMut, len: usize) {
     } else {
         buf.advance(len);
     }
-}
-
-/// Finishes when the client of a held poll sends anything or hangs up: a poll has no body, so
-/// either means it is gone or misbehaving.
-async fn client_read(io: &mut Stream) {
-    let mut probe = [0u8; 16];
-    let _ = io.read(&mut probe).await;
 }

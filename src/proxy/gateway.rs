@@ -228,7 +228,8 @@ impl ProxyHttp for Gateway {
                     shadow: &entry.shadow,
                     client: &self.state.client,
                 };
-                let gone = session.read_body_or_idle(true);
+                // Boxed: the poll core wants a hang-up future it can poll in place.
+                let gone = poll::Client::Session(Box::pin(session.read_body_or_idle(true)));
                 match poll::serve(parts, &preq, gone).await {
                     Outcome::Answer(a) => answer(session, ctx, a).await,
                     Outcome::Relayed(a) => {

@@ -19,6 +19,7 @@ pub struct GatewayState {
     pub store: Store,
     access_log: Arc<AtomicBool>,
     fast_paths: Arc<AtomicBool>,
+    fanout_pass: Arc<AtomicBool>,
     limits: Arc<RwLock<Limits>>,
     /// Open client connections.
     pub(super) connections: Arc<AtomicUsize>,
@@ -42,6 +43,7 @@ impl GatewayState {
             store,
             access_log: Arc::new(config.access_log.into()),
             fast_paths: Arc::new(config.fast_paths.into()),
+            fanout_pass: Arc::new(config.fanout_pass.into()),
             limits: Arc::new(RwLock::new(config.limits)),
             connections: Arc::new(AtomicUsize::new(0)),
             websockets: Arc::new(AtomicUsize::new(0)),
@@ -75,6 +77,12 @@ impl GatewayState {
         self.fast_paths.load(Ordering::Relaxed)
     }
 
+    /// Whether a held poll on pollgate's own connection parks it on its topic, for the publish
+    /// to write its answer (`fanout_pass`).
+    pub fn fanout_pass(&self) -> bool {
+        self.fanout_pass.load(Ordering::Relaxed)
+    }
+
     /// Installs a new config atomically; unchanged poll routes keep their hubs.
     pub fn apply(&self, config: &Config) {
         let old = self.router();
@@ -89,6 +97,8 @@ impl GatewayState {
         );
         self.access_log.store(config.access_log, Ordering::Relaxed);
         self.fast_paths.store(config.fast_paths, Ordering::Relaxed);
+        self.fanout_pass
+            .store(config.fanout_pass, Ordering::Relaxed);
         *self.limits.write() = config.limits;
         *self.router.write() = next;
         match (&self.certificates, &config.tls) {

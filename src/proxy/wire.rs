@@ -104,29 +104,45 @@ pub async fn send_answer(
     head_only: bool,
     keep_alive: bool,
 ) -> std::io::Result<()> {
+    let rest = render_answer(out, a, head_only, keep_alive);
+    io.write_all(out).await?;
+    if !rest.is_empty() {
+        io.write_all(rest).await?;
+    }
+    io.flush().await
+}
+
+/// What is left of an answer a publish wrote already (`poll/park.rs`).
+pub async fn send_rest(io: &mut (impl AsyncWrite + Unpin), rest: &[u8]) -> std::io::Result<()> {
+    if !rest.is_empty() {
+        io.write_all(rest).await?;
+    }
+    io.flush().await
+}
+
+/// `a` as bytes into `out` (cleared first): its head, and its body behind it when that is small
+/// enough to copy; else the body is returned, to be written after `out`.
+pub fn render_answer<'a>(
+    out: &mut Vec<u8>,
+    a: &'a Answer,
+    head_only: bool,
+    keep_alive: bool,
+) -> &'a [u8] {
     let body = if head_only || a.status == 304 || a.status == 204 {
         &[][..]
     } else {
         &a.body[..]
     };
+    let coalesce = body.len() <= COALESCE_BODY;
     // Sized once: built by growth, a first answer's buffer is reallocated half a dozen times.
-    out.reserve(
-        head_size(a)
-            + if body.len() <= COALESCE_BODY {
-                body.len()
-            } else {
-                0
-            },
-    );
+    out.reserve(head_size(a) + if coalesce { body.len() } else { 0 });
     answer_head(out, a, keep_alive);
-    if body.len() <= COALESCE_BODY {
+    if coalesce {
         out.extend_from_slice(body);
-        io.write_all(out).await?;
+        &[]
     } else {
-        io.write_all(out).await?;
-        io.write_all(body).await?;
+        body
     }
-    io.flush().await
 }
 
 /// The head of an event stream, `a`, in its framing, and the body's first bytes, in one write.

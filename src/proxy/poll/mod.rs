@@ -9,11 +9,13 @@
 
 pub mod event;
 pub mod input;
+pub mod park;
 pub mod stream;
 pub mod view;
 
 pub use super::request::HeaderSource;
 pub use input::{cursor_of, etag_matches, hold_for, PollRequest};
+pub use park::{client_read, Client, Socket};
 pub use stream::{EventStream, Step, WRITE_LIMIT};
 use view::since_body;
 
@@ -28,6 +30,8 @@ use crate::config::{Access, Mode, PollRoute};
 use crate::metrics::METRICS;
 use crate::subscription::Hub;
 use http::HeaderValue;
+use park::{ParkedConn, Recipe, Reclaimed};
+use pingora_core::protocols::Stream;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -125,11 +129,15 @@ fn ask<H: HeaderSource + ?Sized>(
     })
 }
 
-/// Answers one poll on `route`.
-pub async fn serve<H, G>(route: RouteParts<'_>, req: &PollRequest<'_, H>, client_gone: G) -> Outcome
+/// Answers one poll on `route`; `client` is what reads its client while it is held.
+pub async fn serve<H, G>(
+    route: RouteParts<'_>,
+    req: &PollRequest<'_, H>,
+    client: Client<'_, G>,
+) -> Outcome
 where
     H: HeaderSource + ?Sized,
-    G: Future,
+    G: Future + Unpin,
 {
     let hub = route.hub;
     // An origin that may not read the route is refused before the cache is touched.
@@ -137,16 +145,13 @@ where
     if let Some((c, OriginCheck::Refused)) = &origin {
         return Outcome::Answer(cors::refused(c));
     }
-    let mut outcome = decide(&route, req, client_gone).await;
+    let mut outcome = decide(&route, req, client).await;
     match &mut outcome {
-        Outcome::Answer(a) => {
-            if a.template.is_some() || a.status == 200 {
-                a.route_headers = Some(hub.poll().response_headers.clone());
-            }
-            if let Some((c, check)) = &origin {
-                cors::decorate(a, c, check);
-            }
+        Outcome::Answer(a) if a.written.is_none() => {
+            let origin = origin.as_ref().map(|(c, check)| (*c, check));
+            dress(a, &hub.poll().response_headers, origin);
         }
+        Outcome::Answer(_) => {}
         Outcome::Relayed(a) => {
             if let Some((c, check)) = &origin {
                 a.relayed
@@ -165,12 +170,16 @@ where
     outcome
 }
 
-async fn decide<H, G>(route: &RouteParts<'_>, req: &PollRequest<'_, H>, client_gone: G) -> Outcome
+async fn decide<H, G>(
+    route: &RouteParts<'_>,
+    req: &PollRequest<'_, H>,
+    client: Client<'_, G>,
+) -> Outcome
 where
     H: HeaderSource + ?Sized,
-    G: Future,
+    G: Future + Unpin,
 {
-    let (hub, access, client) = (route.hub, route.access, route.client);
+    let (hub, access, upstream_client) = (route.hub, route.access, route.client);
     let poll = hub.poll();
     let m = &hub.cache.metrics;
     let streaming = stream::wanted(req);
@@ -186,7 +195,14 @@ where
             headers: req.headers,
             client_ip: req.client_ip,
         };
-        let check = access.check(client, &hub.upstream, path, *cache_for, &ask.topic, &asker);
+        let check = access.check(
+            upstream_client,
+            &hub.upstream,
+            path,
+            *cache_for,
+            &ask.topic,
+            &asker,
+        );
         match Box::pin(check).await {
             Ok(Decision::Allow) => {}
             Ok(Decision::Deny(answer)) => {
@@ -256,12 +272,14 @@ where
         SubState::Down(_) => true,
         _ => false,
     };
-    let mut gone = std::pin::pin!(client_gone);
     let hold = Hold {
         hub,
         topic: &topic,
         wait: ask.wait,
-        gone: gone.as_mut(),
+        client,
+        // A route with `cors` answers each origin its own way: its polls wait on their tasks.
+        may_park: req.cors.is_none(),
+        head_only: req.head_only,
     };
     let answer = match poll.mode {
         Mode::Latest => latest(hold, newest, &ask, stale).await,
@@ -319,11 +337,41 @@ async fn first_message(topic: &Topic, limit: Duration) -> Option<Arc<Message>> {
 }
 
 /// What a held poll needs while it waits.
-struct Hold<'a, 'g, G: Future> {
+struct Hold<'a, 'g, G> {
     hub: &'a Arc<Hub>,
     topic: &'a Arc<Topic>,
     wait: Duration,
-    gone: Pin<&'g mut G>,
+    client: Client<'g, G>,
+    may_park: bool,
+    head_only: bool,
+}
+
+impl<G: Future + Unpin> Hold<'_, '_, G> {
+    /// Waits for a change (see [`wait_change`]) on the task, the client's hang-up read by its
+    /// path.
+    async fn wait(
+        &mut self,
+        changed: Pin<&mut Notified<'_>>,
+        deadline: tokio::time::Instant,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Woke {
+        match &mut self.client {
+            Client::Session(g) => wait_change(changed, deadline, shutdown, Pin::new(g)).await,
+            Client::Socket(s) => {
+                let gone = std::pin::pin!(client_read(s.io));
+                wait_change(changed, deadline, shutdown, gone).await
+            }
+        }
+    }
+}
+
+/// The connection, when a held poll may lend it to its topic (`park.rs`). Only a connection
+/// that stays open after the answer: one that closes must be closed by its task at once.
+fn lendable<'c, G>(client: &'c mut Client<'_, G>, may_park: bool) -> Option<&'c mut Stream> {
+    match client {
+        Client::Socket(s) if s.lendable && s.keep_alive && may_park => Some(&mut *s.io),
+        _ => None,
+    }
 }
 
 /// What a held poll woke up to.
@@ -353,9 +401,35 @@ async fn wait_change<G: Future>(
     }
 }
 
+/// A parked poll's wait (`park.rs`): a publish answers it without waking it, so only its
+/// client acting (a next request, a hang-up), the deadline or the server's shutdown end it.
+async fn wait_parked(
+    conn: &ParkedConn,
+    deadline: tokio::time::Instant,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Woke {
+    if *shutdown.borrow() {
+        return Woke::Shutdown;
+    }
+    tokio::select! {
+        _ = conn.woken() => Woke::Changed,
+        _ = conn.client_acts() => Woke::Gone,
+        _ = sleep_until(deadline) => Woke::Timeout,
+        _ = shutdown.changed() => Woke::Shutdown,
+    }
+}
+
+/// Counts a held poll's answer to a publish (by its task, or by the publish's pass).
+fn count_held_answer(hub: &Hub, topic: &Topic, msg: &Message) {
+    let m = &hub.cache.metrics;
+    m.held_served.inc();
+    m.lag.observe(msg.received.elapsed().as_secs_f64());
+    saved(hub, topic);
+}
+
 /// Latest mode: the newest message, `304` when the client has it, held until a newer one when
 /// it may wait. `None`: the client left.
-async fn latest<G: Future>(
+async fn latest<G: Future + Unpin>(
     mut h: Hold<'_, '_, G>,
     mut msg: Arc<Message>,
     ask: &Ask,
@@ -388,31 +462,73 @@ async fn latest<G: Future>(
                     }
                     !etag_matches(inm, &msg.etag)
                 };
-                let woke = loop {
-                    // Woken by a publish, which is news to nearly every waiter: read it before
-                    // subscribing again, so an answered poll neither joins the waiters' list
-                    // nor leaves it (two turns per answer of the lock a publish takes to wake
-                    // a fan-out).
-                    if again && news(&mut msg) {
-                        break Woke::Changed;
+                let woke = if let Some(io) = lendable(&mut h.client, h.may_park) {
+                    let conn = ParkedConn::new(Recipe {
+                        hub: h.hub.clone(),
+                        topic: h.topic.clone(),
+                        if_none_match: inm.to_string(),
+                        prefer_applied: ask.prefer_applied,
+                        stale,
+                        route_headers: h.hub.poll().response_headers.clone(),
+                        head_only: h.head_only,
+                    });
+                    loop {
+                        // Parked before the read that decides to wait: a publish after this
+                        // answers it in its pass.
+                        let lending = conn.lend(io, slot, h.topic);
+                        let w = if news(&mut msg) {
+                            Woke::Changed
+                        } else {
+                            wait_parked(&conn, deadline, &mut shutdown).await
+                        };
+                        match lending.reclaim(io) {
+                            Some(Reclaimed::Answered(sent)) => {
+                                let mut a = park::written(sent);
+                                a.fanout = h.hub.cache.store.answers_due().ticket();
+                                return Some(a);
+                            }
+                            Some(Reclaimed::Waiting(s)) => slot = s,
+                            None => return None,
+                        }
+                        // News this task writes itself (found by the read above, or too big
+                        // for the pass), or the wait is over.
+                        match w {
+                            Woke::Changed if !news(&mut msg) => continue,
+                            w => {
+                                drop(slot);
+                                break w;
+                            }
+                        }
                     }
-                    // Subscribe before reading the cache, so a publish in between is not missed.
-                    let changed = h.topic.held_changed();
-                    let mut changed = std::pin::pin!(changed);
-                    changed.as_mut().enable();
-                    if news(&mut msg) {
-                        break Woke::Changed;
-                    }
-                    if again {
-                        // Woken by a change that was not news to this client: it waits on.
-                        slot.rearm();
-                    }
-                    match wait_change(changed, deadline, &mut shutdown, h.gone.as_mut()).await {
-                        Woke::Changed => again = true,
-                        w => break w,
-                    }
+                } else {
+                    let woke = loop {
+                        // Woken by a publish, which is news to nearly every waiter: read it
+                        // before subscribing again, so an answered poll neither joins the
+                        // waiters' list nor leaves it (two turns per answer of the lock a
+                        // publish takes to wake a fan-out).
+                        if again && news(&mut msg) {
+                            break Woke::Changed;
+                        }
+                        // Subscribe before reading the cache, so a publish in between is not
+                        // missed.
+                        let changed = h.topic.held_changed();
+                        let mut changed = std::pin::pin!(changed);
+                        changed.as_mut().enable();
+                        if news(&mut msg) {
+                            break Woke::Changed;
+                        }
+                        if again {
+                            // Woken by a change that was not news to this client: it waits on.
+                            slot.rearm();
+                        }
+                        match h.wait(changed, deadline, &mut shutdown).await {
+                            Woke::Changed => again = true,
+                            w => break w,
+                        }
+                    };
+                    drop(slot);
+                    woke
                 };
-                drop(slot);
                 match woke {
                     Woke::Changed => {
                         fanout = h.hub.cache.store.answers_due().ticket();
@@ -432,17 +548,48 @@ async fn latest<G: Future>(
         _ => m.hit.inc(),
     }
     saved(h.hub, h.topic);
-    let age = msg.received.elapsed().as_secs();
-    let mut a = Answer::from_message(msg, which).closing(close);
+    let mut a = latest_answer(msg, which, ask.prefer_applied, stale).closing(close);
     a.fanout = fanout;
-    a.push(name::AGE, super::answer::age_value(age));
-    decorate(&mut a, ask, stale);
     Some(a)
+}
+
+/// A latest-mode answer from the cache: the message's template, its age, the cache's lines.
+/// Also what a publish writes for a parked poll (`park.rs`).
+fn latest_answer(
+    msg: Arc<Message>,
+    which: Which,
+    prefer_applied: Option<u64>,
+    stale: bool,
+) -> Answer {
+    let age = msg.received.elapsed().as_secs();
+    let mut a = Answer::from_message(msg, which);
+    a.push(name::AGE, super::answer::age_value(age));
+    decorate(&mut a, prefer_applied, stale);
+    a
+}
+
+/// What every answer from the cache carries besides the poll's own lines: the route's
+/// `response_headers`, and the CORS lines for the request's origin.
+fn dress(
+    a: &mut Answer,
+    route_headers: &Arc<[(String, HeaderValue)]>,
+    origin: Option<(&crate::config::Cors, &OriginCheck)>,
+) {
+    if a.template.is_some() || a.status == 200 {
+        a.route_headers = Some(route_headers.clone());
+    }
+    if let Some((c, check)) = origin {
+        cors::decorate(a, c, check);
+    }
 }
 
 /// Since mode: every cached message after the cursor as one JSON array, held until there is one
 /// when the client may wait. `None`: the client left.
-async fn since<G: Future>(mut h: Hold<'_, '_, G>, ask: &Ask, stale: bool) -> Option<Answer> {
+async fn since<G: Future + Unpin>(
+    mut h: Hold<'_, '_, G>,
+    ask: &Ask,
+    stale: bool,
+) -> Option<Answer> {
     // Enabled before the cache is read, so a publish in between is not missed.
     let changed = h.topic.held_changed();
     let mut changed = std::pin::pin!(changed);
@@ -463,7 +610,7 @@ async fn since<G: Future>(mut h: Hold<'_, '_, G>, ask: &Ask, stale: bool) -> Opt
         let deadline = tokio::time::Instant::now() + h.wait;
         let mut shutdown = h.hub.cache.store.shutdown_signal();
         loop {
-            match wait_change(changed.as_mut(), deadline, &mut shutdown, h.gone.as_mut()).await {
+            match h.wait(changed.as_mut(), deadline, &mut shutdown).await {
                 Woke::Changed => {
                     // Read before subscribing again, as in `latest`: an answered poll need not.
                     got = h.topic.since(ask.cursor.as_ref());
@@ -521,16 +668,16 @@ async fn since<G: Future>(mut h: Hold<'_, '_, G>, ask: &Ask, stale: bool) -> Opt
         a.date = Some(m.date.clone());
     }
     let stale = stale || matches!(h.topic.state(), SubState::Down(_));
-    decorate(&mut a, ask, stale);
+    decorate(&mut a, ask.prefer_applied, stale);
     Some(a)
 }
 
 /// The lines every cache answer may carry after its own.
-fn decorate(a: &mut Answer, ask: &Ask, stale: bool) {
+fn decorate(a: &mut Answer, prefer_applied: Option<u64>, stale: bool) {
     if stale {
         a.push(name::POLLGATE_STALE, HeaderValue::from_static("true"));
     }
-    if let Some(w) = ask.prefer_applied {
+    if let Some(w) = prefer_applied {
         let v = HeaderValue::from_str(&format!("wait={w}")).expect("digits are a header value");
         a.push(name::PREFERENCE_APPLIED, v);
     }
