@@ -482,11 +482,10 @@ async fn latest<G: Future + Unpin>(
                             wait_parked(&conn, deadline, &mut shutdown).await
                         };
                         match lending.reclaim(io) {
-                            Some(Reclaimed::Answered(sent)) => {
-                                let mut a = park::written(sent);
-                                a.fanout = h.hub.cache.store.answers_due().ticket();
-                                return Some(a);
-                            }
+                            // No ticket in the ledger of answers due (`cache/due.rs`): the
+                            // pass wrote every parked answer before any task woke, so this
+                            // connection's next step cannot delay one.
+                            Some(Reclaimed::Answered(sent)) => return Some(park::written(sent)),
                             Some(Reclaimed::Waiting(s)) => slot = s,
                             None => return None,
                         }
