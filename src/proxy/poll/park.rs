@@ -67,7 +67,8 @@ pub(super) struct Recipe {
 pub(super) struct ParkedConn {
     recipe: Recipe,
     state: Mutex<State>,
-    /// Wakes the poll's task for news the pass left to it (an answer too big to copy).
+    /// Wakes the poll's task for what the pass left to it: an answer too big to copy, or the
+    /// rest of one the socket did not take at once.
     news: Notify,
 }
 
@@ -209,7 +210,11 @@ impl Parked for ParkedConn {
             self.news.notify_one();
             return Stays::Leaves;
         }
-        let n = write_now(io, scratch);
+        let (n, flushed) = write_now(io, scratch);
+        if n < scratch.len() || !flushed {
+            // The socket took only part of it: its task, woken, writes the rest and waits.
+            self.news.notify_one();
+        }
         let sent = Written {
             rest: scratch[n..].to_vec(),
             at: Instant::now(),
@@ -228,8 +233,9 @@ impl Parked for ParkedConn {
     }
 }
 
-/// Writes what the socket takes without waiting; returns how much that was.
-fn write_now(io: &mut Stream, bytes: &[u8]) -> usize {
+/// Writes what the socket takes without waiting: how much that was, and whether all of it
+/// left pingora's write buffer.
+fn write_now(io: &mut Stream, bytes: &[u8]) -> (usize, bool) {
     let mut cx = Context::from_waker(Waker::noop());
     let mut done = 0;
     while done < bytes.len() {
@@ -238,9 +244,8 @@ fn write_now(io: &mut Stream, bytes: &[u8]) -> usize {
             _ => break,
         }
     }
-    // The task flushes again when it takes the connection back.
-    let _ = Pin::new(&mut *io).poll_flush(&mut cx);
-    done
+    let flushed = matches!(Pin::new(&mut *io).poll_flush(&mut cx), Poll::Ready(Ok(())));
+    (done, flushed)
 }
 
 /// The answer a parked poll's task reports: already written but for `sent.rest`.
