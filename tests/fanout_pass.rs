@@ -60,7 +60,7 @@ async fn a_pass_writes_the_answer_the_polls_own_task_writes() {
     );
     // Keep-alive, HEAD, a client that asks to close, a `Prefer: wait` hold, HTTP/1.0.
     let asks = [
-        format!("GET /api/prices/btc HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n"),
+        poll_after("btc", &etag),
         format!("HEAD /api/prices/btc HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n"),
         format!(
             "GET /api/prices/btc HTTP/1.1\r\nHost: t\r\nConnection: close\r\nIf-None-Match: {etag}\r\n\r\n"
@@ -125,19 +125,25 @@ async fn a_pass_writes_the_answer_the_polls_own_task_writes() {
     }
 }
 
+/// A keep-alive poll of `topic` that waits for news after `etag`.
+fn poll_after(topic: &str, etag: &str) -> String {
+    format!("GET /api/prices/{topic} HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n")
+}
+
+/// An upstream whose `topic` holds `v1`, a gateway with the pass, and one poll parked there.
+async fn one_parked(topic: &str) -> (Upstream, Gateway, TcpStream) {
+    let up = Upstream::start().await;
+    up.publish(&format!("/ws/prices/{topic}"), "v1");
+    let gw = Gateway::start(&config(&up, true)).await;
+    let path = format!("/api/prices/{topic}");
+    let etag = get_with(gw.addr, &path, &[]).await.header("etag").unwrap();
+    let s = held(&gw, &poll_after(topic, &etag), 0.0).await;
+    (up, gw, s)
+}
+
 #[tokio::test]
 async fn a_parked_connection_serves_its_next_requests_after_the_pass() {
-    let up = Upstream::start().await;
-    up.publish("/ws/prices/eth", "v1");
-    let gw = Gateway::start(&config(&up, true)).await;
-    let etag = get_with(gw.addr, "/api/prices/eth", &[])
-        .await
-        .header("etag")
-        .unwrap();
-    let ask = |etag: &str| {
-        format!("GET /api/prices/eth HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n")
-    };
-    let mut s = held(&gw, &ask(&etag), 0.0).await;
+    let (up, gw, mut s) = one_parked("eth").await;
     for next in ["v2", "v3", "v4"] {
         up.publish("/ws/prices/eth", next);
         let a = Reader::new(&mut s)
@@ -150,7 +156,9 @@ async fn a_parked_connection_serves_its_next_requests_after_the_pass() {
         gw.wait_metric(HELD, |v| v == 0.0).await;
         // The next poll on the same connection: read by the parked wait, served after it.
         let etag = a.header("etag").unwrap();
-        s.write_all(ask(&etag).as_bytes()).await.unwrap();
+        s.write_all(poll_after("eth", &etag).as_bytes())
+            .await
+            .unwrap();
         gw.wait_metric(HELD, |v| v == 1.0).await;
     }
     // A client that hangs up while parked frees its slot.
@@ -160,15 +168,7 @@ async fn a_parked_connection_serves_its_next_requests_after_the_pass() {
 
 #[tokio::test]
 async fn a_message_too_big_for_the_pass_reaches_its_parked_poll_at_once() {
-    let up = Upstream::start().await;
-    up.publish("/ws/prices/big", "v1");
-    let gw = Gateway::start(&config(&up, true)).await;
-    let etag = get_with(gw.addr, "/api/prices/big", &[])
-        .await
-        .header("etag")
-        .unwrap();
-    let ask = format!("GET /api/prices/big HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n");
-    let mut s = held(&gw, &ask, 0.0).await;
+    let (up, gw, mut s) = one_parked("big").await;
     // Larger than one write's copy: the pass leaves it to the poll's task, which it wakes.
     let big = "x".repeat(40 * 1024);
     up.publish("/ws/prices/big", &big);
