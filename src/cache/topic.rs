@@ -131,8 +131,9 @@ impl Topic {
     }
 
     /// Lends a held poll's connection to this topic: the next publish that is news to it
-    /// writes its answer (see `parked.rs`). The poll must also wait on [`Self::held_changed`],
-    /// enabled before, which the publish wakes once the pass is over.
+    /// writes its answer (see `parked.rs`). A parked poll is not on [`Self::held_changed`]'s
+    /// list: it waits on its own connection, and what a pass leaves to it wakes it through
+    /// its [`Parked`] implementation.
     pub fn park(&self, p: Arc<dyn Parked>) -> ParkId {
         self.parked.park(p)
     }
