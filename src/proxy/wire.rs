@@ -106,13 +106,11 @@ pub async fn send_answer(
 ) -> std::io::Result<()> {
     let rest = render_answer(out, a, head_only, keep_alive);
     io.write_all(out).await?;
-    if !rest.is_empty() {
-        io.write_all(rest).await?;
-    }
-    io.flush().await
+    send_rest(io, rest).await
 }
 
-/// What is left of an answer a publish wrote already (`poll/park.rs`).
+/// What is left of an answer once its first bytes are written: the body too big to copy behind
+/// the head, or what a publish's pass could not write (`poll/park.rs`); then the flush.
 pub async fn send_rest(io: &mut (impl AsyncWrite + Unpin), rest: &[u8]) -> std::io::Result<()> {
     if !rest.is_empty() {
         io.write_all(rest).await?;

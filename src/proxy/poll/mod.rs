@@ -419,12 +419,12 @@ async fn wait_parked(
     }
 }
 
-/// Counts a held poll's answer to a publish (by its task, or by the publish's pass).
-fn count_held_answer(hub: &Hub, topic: &Topic, msg: &Message) {
+/// Counts a latest-mode held poll's answer to a publish, with the delivery lag of `msg` (by
+/// its task, or by the publish's pass).
+fn count_held_answer(hub: &Hub, msg: &Message) {
     let m = &hub.cache.metrics;
     m.held_served.inc();
     m.lag.observe(msg.received.elapsed().as_secs_f64());
-    saved(hub, topic);
 }
 
 /// Latest mode: the newest message, `304` when the client has it, held until a newer one when
@@ -532,8 +532,7 @@ async fn latest<G: Future + Unpin>(
                     Woke::Changed => {
                         fanout = h.hub.cache.store.answers_due().ticket();
                         which = Which::Ok;
-                        m.held_served.inc();
-                        m.lag.observe(msg.received.elapsed().as_secs_f64());
+                        count_held_answer(h.hub, &msg);
                     }
                     Woke::Gone => return None,
                     Woke::Timeout | Woke::Shutdown => {

@@ -222,7 +222,8 @@ impl Parked for ParkedConn {
             eof: false,
         };
         // Counted as the poll's own path counts a held answer.
-        super::count_held_answer(&r.hub, &r.topic, msg);
+        super::count_held_answer(&r.hub, msg);
+        super::saved(&r.hub, &r.topic);
         let State::Parked { io, slot } = std::mem::replace(&mut *g, State::Home) else {
             return Stays::Leaves;
         };
