@@ -138,7 +138,7 @@ impl Topic {
         self.parked.park(p)
     }
 
-    pub fn unpark(&self, id: ParkId) {
+    pub fn unpark(&self, id: &ParkId) {
         self.parked.leave(id);
     }
 

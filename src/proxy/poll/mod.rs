@@ -30,7 +30,7 @@ use crate::config::{Access, Mode, PollRoute};
 use crate::metrics::METRICS;
 use crate::subscription::Hub;
 use http::HeaderValue;
-use park::{ParkedConn, Recipe, Reclaimed};
+use park::{ParkedConn, Recipe, Reclaimed, Wants};
 use pingora_core::protocols::Stream;
 use std::future::Future;
 use std::pin::Pin;
@@ -374,6 +374,26 @@ fn lendable<'c, G>(client: &'c mut Client<'_, G>, may_park: bool) -> Option<&'c 
     }
 }
 
+/// What a publish needs to answer a held poll once it parks (`park.rs`).
+fn recipe(
+    hub: &Arc<Hub>,
+    topic: &Arc<Topic>,
+    head_only: bool,
+    wants: Wants,
+    prefer_applied: Option<u64>,
+    stale: bool,
+) -> Recipe {
+    Recipe {
+        hub: hub.clone(),
+        topic: topic.clone(),
+        wants,
+        prefer_applied,
+        stale,
+        route_headers: hub.poll().response_headers.clone(),
+        head_only,
+    }
+}
+
 /// What a held poll woke up to.
 enum Woke {
     Changed,
@@ -463,15 +483,14 @@ async fn latest<G: Future + Unpin>(
                     !etag_matches(inm, &msg.etag)
                 };
                 let woke = if let Some(io) = lendable(&mut h.client, h.may_park) {
-                    let conn = ParkedConn::new(Recipe {
-                        hub: h.hub.clone(),
-                        topic: h.topic.clone(),
-                        if_none_match: inm.to_string(),
-                        prefer_applied: ask.prefer_applied,
+                    let conn = ParkedConn::new(recipe(
+                        h.hub,
+                        h.topic,
+                        h.head_only,
+                        Wants::Newer(inm.to_string()),
+                        ask.prefer_applied,
                         stale,
-                        route_headers: h.hub.poll().response_headers.clone(),
-                        head_only: h.head_only,
-                    });
+                    ));
                     loop {
                         // Parked before the read that decides to wait: a publish after this
                         // answers it in its pass.
@@ -607,44 +626,105 @@ async fn since<G: Future + Unpin>(
         held = true;
         let deadline = tokio::time::Instant::now() + h.wait;
         let mut shutdown = h.hub.cache.store.shutdown_signal();
-        loop {
-            match h.wait(changed.as_mut(), deadline, &mut shutdown).await {
-                Woke::Changed => {
-                    // Read before subscribing again, as in `latest`: an answered poll need not.
-                    got = h.topic.since(ask.cursor.as_ref());
-                    if got.messages.is_empty() {
-                        changed.set(h.topic.held_changed());
-                        changed.as_mut().enable();
+        if let Some(io) = lendable(&mut h.client, h.may_park) {
+            // A parked poll waits on its connection, not on the held polls' signal.
+            changed.set(h.topic.held_changed());
+            let conn = ParkedConn::new(recipe(
+                h.hub,
+                h.topic,
+                h.head_only,
+                Wants::After(ask.cursor.clone()),
+                ask.prefer_applied,
+                stale,
+            ));
+            loop {
+                // Parked before the read that decides to wait, as in `latest`.
+                let lending = conn.lend(io, slot, h.topic);
+                got = h.topic.since(ask.cursor.as_ref());
+                let w = if got.messages.is_empty() {
+                    wait_parked(&conn, deadline, &mut shutdown).await
+                } else {
+                    Woke::Changed
+                };
+                match lending.reclaim(io) {
+                    // No ticket in the ledger of answers due, as in `latest`.
+                    Some(Reclaimed::Answered(sent)) => return Some(park::written(sent)),
+                    Some(Reclaimed::Waiting(s)) => slot = s,
+                    None => return None,
+                }
+                match w {
+                    Woke::Changed => {
                         got = h.topic.since(ask.cursor.as_ref());
-                    }
-                    if !got.messages.is_empty() {
+                        if got.messages.is_empty() {
+                            continue;
+                        }
                         drop(slot);
                         fanout = h.hub.cache.store.answers_due().ticket();
                         break;
                     }
-                    slot.rearm();
+                    Woke::Gone => return None,
+                    Woke::Timeout => break,
+                    Woke::Shutdown => {
+                        close = true;
+                        break;
+                    }
                 }
-                Woke::Gone => return None,
-                Woke::Timeout => break,
-                Woke::Shutdown => {
-                    close = true;
-                    break;
+            }
+        } else {
+            loop {
+                match h.wait(changed.as_mut(), deadline, &mut shutdown).await {
+                    Woke::Changed => {
+                        // Read before subscribing again, as in `latest`: an answered poll
+                        // need not.
+                        got = h.topic.since(ask.cursor.as_ref());
+                        if got.messages.is_empty() {
+                            changed.set(h.topic.held_changed());
+                            changed.as_mut().enable();
+                            got = h.topic.since(ask.cursor.as_ref());
+                        }
+                        if !got.messages.is_empty() {
+                            drop(slot);
+                            fanout = h.hub.cache.store.answers_due().ticket();
+                            break;
+                        }
+                        slot.rearm();
+                    }
+                    Woke::Gone => return None,
+                    Woke::Timeout => break,
+                    Woke::Shutdown => {
+                        close = true;
+                        break;
+                    }
                 }
             }
         }
     }
     count_since(h.hub, h.topic, &got, held);
-    let poll = h.hub.poll();
+    let mut a = since_answer(h.hub, h.topic, &got, ask.prefer_applied, stale).closing(close);
+    a.fanout = fanout;
+    Some(a)
+}
+
+/// A since-mode answer: the messages in `got` as one JSON array, and their cursor. Also what
+/// a publish writes for a parked cursor poll (`park.rs`).
+fn since_answer(
+    hub: &Hub,
+    topic: &Topic,
+    got: &Since,
+    prefer_applied: Option<u64>,
+    stale: bool,
+) -> Answer {
+    let poll = hub.poll();
     let (Ok(ct), Ok(cursor), Ok(etag)) = (
         HeaderValue::from_str(&poll.content_type),
         HeaderValue::from_str(&got.cursor),
         HeaderValue::from_str(&format!("\"{}\"", got.cursor)),
     ) else {
         // An id taken from the upstream's messages that cannot be a header value.
-        tracing::warn!(route = %h.hub.cache.name, cursor = ?got.cursor, "cursor cannot be sent as a header");
-        return Some(Answer::error(500, super::answer::proxy_error_message(500)).closing(true));
+        tracing::warn!(route = %hub.cache.name, cursor = ?got.cursor, "cursor cannot be sent as a header");
+        return Answer::error(500, super::answer::proxy_error_message(500)).closing(true);
     };
-    let body = since_body(&got);
+    let body = since_body(got);
     let mut a = Answer::new(200)
         .header(name::CONTENT_TYPE, ct)
         .header(name::CONTENT_LENGTH, HeaderValue::from(body.len()))
@@ -652,22 +732,20 @@ async fn since<G: Future + Unpin>(
         .header(name::CACHE_CONTROL, HeaderValue::from_static("no-store"))
         .header(name::ETAG, etag)
         .header(name::POLLGATE_CURSOR, cursor)
-        .with_body(body)
-        .closing(close);
-    a.fanout = fanout;
+        .with_body(body);
     if got.gap {
         a.push(name::POLLGATE_GAP, HeaderValue::from_static("true"));
     }
-    if let Some(m) = got.messages.last().cloned().or_else(|| h.topic.latest()) {
+    if let Some(m) = got.messages.last().cloned().or_else(|| topic.latest()) {
         a.push(
             name::AGE,
             super::answer::age_value(m.received.elapsed().as_secs()),
         );
         a.date = Some(m.date.clone());
     }
-    let stale = stale || matches!(h.topic.state(), SubState::Down(_));
-    decorate(&mut a, ask.prefer_applied, stale);
-    Some(a)
+    let stale = stale || matches!(topic.state(), SubState::Down(_));
+    decorate(&mut a, prefer_applied, stale);
+    a
 }
 
 /// The lines every cache answer may carry after its own.

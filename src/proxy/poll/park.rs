@@ -5,8 +5,12 @@
 //! same bytes after a short write, which a pass cannot wait for); a route with `cors` does not
 //! (its answer depends on the request's origin). Everything else waits on its task as before.
 //!
+//! Both modes park: a latest-mode poll waits for a message its `If-None-Match` does not match,
+//! a cursor poll for messages after its cursor (read from the ring in the pass).
+//!
 //! The answer a publish writes is the one the poll's own path would have written: the same
-//! [`super::latest_answer`], the same [`super::dress`], the same [`wire::render_answer`]. The
+//! [`super::latest_answer`] or [`super::since_answer`], the same [`super::dress`], the same
+//! [`wire::render_answer`]. The
 //! connection's lock decides who writes: the publish writes only while the connection is lent,
 //! and the poll takes it back under the same lock, so an answer is never written twice, and a
 //! poll that finds news itself writes it only when no publish did.
@@ -14,7 +18,7 @@
 use super::super::answer::{Answer, Which, Written};
 use super::super::wire;
 use super::etag_matches;
-use crate::cache::{HoldGuard, Message, ParkId, Parked, Stays, Topic};
+use crate::cache::{CursorArg, HoldGuard, Message, ParkId, Parked, Since, Stays, Topic};
 use crate::subscription::Hub;
 use http::HeaderValue;
 use parking_lot::Mutex;
@@ -56,11 +60,25 @@ pub async fn client_read(io: &mut Stream) {
 pub(super) struct Recipe {
     pub hub: Arc<Hub>,
     pub topic: Arc<Topic>,
-    pub if_none_match: String,
+    pub wants: Wants,
     pub prefer_applied: Option<u64>,
     pub stale: bool,
     pub route_headers: Arc<[(String, HeaderValue)]>,
     pub head_only: bool,
+}
+
+/// What a parked poll waits for.
+pub(super) enum Wants {
+    /// Latest mode: a message whose ETag its `If-None-Match` does not match.
+    Newer(String),
+    /// Since mode: messages after its cursor.
+    After(Option<CursorArg>),
+}
+
+/// How the pass counts an answer it wrote, as the poll's own path would have.
+enum Counted {
+    Latest(Arc<Message>),
+    Since(Since),
 }
 
 /// A held poll's lent connection.
@@ -174,7 +192,7 @@ impl Lending<'_> {
             State::Parked { io: s, slot } => {
                 *io = s;
                 // A publish takes the polls it answers out of the list; this one is still in it.
-                self.topic.unpark(self.id);
+                self.topic.unpark(&self.id);
                 Some(Reclaimed::Waiting(slot))
             }
             State::Home => None,
@@ -185,7 +203,7 @@ impl Lending<'_> {
 impl Drop for Lending<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.topic.unpark(self.id);
+            self.topic.unpark(&self.id);
             *self.conn.state.lock() = State::Home;
         }
     }
@@ -198,15 +216,30 @@ impl Parked for ParkedConn {
         let State::Parked { io, slot } = &mut *g else {
             return Stays::Leaves;
         };
-        if etag_matches(&r.if_none_match, &msg.etag) {
-            // Not news: it waits on, counted again by the next publish.
-            slot.rearm();
-            return Stays::Parked;
-        }
-        let mut a = super::latest_answer(msg.clone(), Which::Ok, r.prefer_applied, r.stale);
+        let (mut a, counted) = match &r.wants {
+            Wants::Newer(inm) => {
+                if etag_matches(inm, &msg.etag) {
+                    // Not news: it waits on, counted again by the next publish.
+                    slot.rearm();
+                    return Stays::Parked;
+                }
+                let a = super::latest_answer(msg.clone(), Which::Ok, r.prefer_applied, r.stale);
+                (a, Counted::Latest(msg.clone()))
+            }
+            Wants::After(cursor) => {
+                let got = r.topic.since(cursor.as_ref());
+                if got.messages.is_empty() {
+                    slot.rearm();
+                    return Stays::Parked;
+                }
+                let a = super::since_answer(&r.hub, &r.topic, &got, r.prefer_applied, r.stale);
+                (a, Counted::Since(got))
+            }
+        };
         super::dress(&mut a, &r.route_headers, None);
-        if !wire::render_answer(scratch, &a, r.head_only, true).is_empty() {
-            // Too big to copy: its task writes it, in two writes.
+        if a.close || !wire::render_answer(scratch, &a, r.head_only, true).is_empty() {
+            // Too big to copy (its task writes it, in two writes), or an answer that closes
+            // the connection (only its task may close it).
             self.news.notify_one();
             return Stays::Leaves;
         }
@@ -222,8 +255,13 @@ impl Parked for ParkedConn {
             eof: false,
         };
         // Counted as the poll's own path counts a held answer.
-        super::count_held_answer(&r.hub, msg);
-        super::saved(&r.hub, &r.topic);
+        match counted {
+            Counted::Latest(msg) => {
+                super::count_held_answer(&r.hub, &msg);
+                super::saved(&r.hub, &r.topic);
+            }
+            Counted::Since(got) => super::count_since(&r.hub, &r.topic, &got, true),
+        }
         let State::Parked { io, slot } = std::mem::replace(&mut *g, State::Home) else {
             return Stays::Leaves;
         };
