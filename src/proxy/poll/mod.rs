@@ -25,7 +25,7 @@ use super::cors::{self, OriginCheck};
 use super::fallback::{self, Flights};
 use super::shadow::{self, ShadowLog};
 use super::upstream::UpstreamClient;
-use crate::cache::{CacheError, CursorArg, Message, Since, SubState, Topic};
+use crate::cache::{CacheError, CursorArg, HoldGuard, Message, Since, SubState, Topic};
 use crate::config::{Access, Mode, PollRoute};
 use crate::metrics::METRICS;
 use crate::subscription::Hub;
@@ -439,6 +439,44 @@ async fn wait_parked(
     }
 }
 
+/// A held poll parked on its topic until `news` (which reads the cache) says a wake-up brought
+/// news this task must write, or its wait ends: parked before that read, so a publish after it
+/// answers the poll in its pass, and parked again after a wake-up that was not news. `Ok`: how
+/// the wait ended, the slot given back; `Err`: the answer a publish wrote (`None`: the
+/// connection was lost).
+async fn hold_parked(
+    conn: &Arc<ParkedConn>,
+    io: &mut Stream,
+    mut slot: HoldGuard,
+    topic: &Topic,
+    deadline: tokio::time::Instant,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    mut news: impl FnMut() -> bool,
+) -> Result<Woke, Option<Answer>> {
+    loop {
+        let lending = conn.lend(io, slot, topic);
+        let w = if news() {
+            Woke::Changed
+        } else {
+            wait_parked(conn, deadline, shutdown).await
+        };
+        match lending.reclaim(io) {
+            // No ticket in the ledger of answers due (`cache/due.rs`): the pass wrote every
+            // parked answer before any task woke, so this connection's next step cannot delay
+            // one.
+            Some(Reclaimed::Answered(sent)) => return Err(Some(park::written(sent))),
+            Some(Reclaimed::Waiting(s)) => slot = s,
+            None => return Err(None),
+        }
+        // News this task writes itself (found by the read above, or too big for the pass),
+        // or the wait is over.
+        match w {
+            Woke::Changed if !news() => continue,
+            w => return Ok(w),
+        }
+    }
+}
+
 /// Counts a latest-mode held poll's answer to a publish, with the delivery lag of `msg` (by
 /// its task, or by the publish's pass).
 fn count_held_answer(hub: &Hub, msg: &Message) {
@@ -491,32 +529,13 @@ async fn latest<G: Future + Unpin>(
                         ask.prefer_applied,
                         stale,
                     ));
-                    loop {
-                        // Parked before the read that decides to wait: a publish after this
-                        // answers it in its pass.
-                        let lending = conn.lend(io, slot, h.topic);
-                        let w = if news(&mut msg) {
-                            Woke::Changed
-                        } else {
-                            wait_parked(&conn, deadline, &mut shutdown).await
-                        };
-                        match lending.reclaim(io) {
-                            // No ticket in the ledger of answers due (`cache/due.rs`): the
-                            // pass wrote every parked answer before any task woke, so this
-                            // connection's next step cannot delay one.
-                            Some(Reclaimed::Answered(sent)) => return Some(park::written(sent)),
-                            Some(Reclaimed::Waiting(s)) => slot = s,
-                            None => return None,
-                        }
-                        // News this task writes itself (found by the read above, or too big
-                        // for the pass), or the wait is over.
-                        match w {
-                            Woke::Changed if !news(&mut msg) => continue,
-                            w => {
-                                drop(slot);
-                                break w;
-                            }
-                        }
+                    let parked =
+                        hold_parked(&conn, io, slot, h.topic, deadline, &mut shutdown, || {
+                            news(&mut msg)
+                        });
+                    match parked.await {
+                        Ok(w) => w,
+                        Err(answer) => return answer,
                     }
                 } else {
                     let woke = loop {
@@ -637,38 +656,16 @@ async fn since<G: Future + Unpin>(
                 ask.prefer_applied,
                 stale,
             ));
-            loop {
-                // Parked before the read that decides to wait, as in `latest`.
-                let lending = conn.lend(io, slot, h.topic);
+            let parked = hold_parked(&conn, io, slot, h.topic, deadline, &mut shutdown, || {
                 got = h.topic.since(ask.cursor.as_ref());
-                let w = if got.messages.is_empty() {
-                    wait_parked(&conn, deadline, &mut shutdown).await
-                } else {
-                    Woke::Changed
-                };
-                match lending.reclaim(io) {
-                    // No ticket in the ledger of answers due, as in `latest`.
-                    Some(Reclaimed::Answered(sent)) => return Some(park::written(sent)),
-                    Some(Reclaimed::Waiting(s)) => slot = s,
-                    None => return None,
-                }
-                match w {
-                    Woke::Changed => {
-                        got = h.topic.since(ask.cursor.as_ref());
-                        if got.messages.is_empty() {
-                            continue;
-                        }
-                        drop(slot);
-                        fanout = h.hub.cache.store.answers_due().ticket();
-                        break;
-                    }
-                    Woke::Gone => return None,
-                    Woke::Timeout => break,
-                    Woke::Shutdown => {
-                        close = true;
-                        break;
-                    }
-                }
+                !got.messages.is_empty()
+            });
+            match parked.await {
+                Ok(Woke::Changed) => fanout = h.hub.cache.store.answers_due().ticket(),
+                Ok(Woke::Gone) => return None,
+                Ok(Woke::Timeout) => {}
+                Ok(Woke::Shutdown) => close = true,
+                Err(answer) => return answer,
             }
         } else {
             loop {

@@ -10,10 +10,10 @@
 //!
 //! The answer a publish writes is the one the poll's own path would have written: the same
 //! [`super::latest_answer`] or [`super::since_answer`], the same [`super::dress`], the same
-//! [`wire::render_answer`]. The
-//! connection's lock decides who writes: the publish writes only while the connection is lent,
-//! and the poll takes it back under the same lock, so an answer is never written twice, and a
-//! poll that finds news itself writes it only when no publish did.
+//! [`wire::render_answer`]. The connection's lock decides who writes: the publish writes only
+//! while the connection is lent, and the poll takes it back under the same lock, so an answer
+//! is never written twice, and a poll that finds news itself writes it only when no publish
+//! did.
 
 use super::super::answer::{Answer, Which, Written};
 use super::super::wire;
